@@ -1,0 +1,24 @@
+# Two commands for everything: `make demo` (the main job) and `make test`.
+# Both create the virtualenv .venv on first use (CPU PyTorch pinned for dev and CI).
+PYTHON ?= python3
+VENV := .venv
+TORCH := torch==2.13.0
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet $(TORCH) -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/adafactor demo
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

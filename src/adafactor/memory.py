@@ -1,0 +1,93 @@
+"""How many bytes of optimizer state Adafactor keeps, next to what Adam would keep."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .factoring import FactorRule, state_layout
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held by the tensors in ``optimizer.state`` (any optimizer, after a step)."""
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, Tensor)
+    )
+
+
+@dataclass(frozen=True)
+class StateBytes:
+    """Optimizer-state bytes for a set of parameters."""
+
+    adafactor: int
+    adam: int
+
+    @property
+    def ratio(self) -> float:
+        """Adafactor's state as a fraction of Adam's."""
+        return self.adafactor / self.adam if self.adam else 0.0
+
+
+def adam_state_bytes(params: Iterable[Tensor]) -> int:
+    """What ``torch.optim.Adam``/``AdamW`` keep: m and v like each parameter, and a step count."""
+    return sum(2 * p.numel() * p.element_size() + 4 for p in params)
+
+
+def state_bytes(
+    params: Iterable[Tensor],
+    *,
+    factored: bool = True,
+    factor_dims: FactorRule = "largest",
+    min_dim_size_to_factor: int = 2,
+    beta1: float | None = None,
+    **_: Any,
+) -> StateBytes:
+    """Predict Adafactor's state bytes for ``params`` (works on ``meta`` tensors: nothing is
+    allocated), next to Adam's. Takes the same factoring and momentum options as ``Adafactor``.
+    """
+    params = list(params)
+    adafactor = sum(
+        spec.nbytes
+        for p in params
+        for spec in state_layout(
+            p.shape,
+            p.dtype,
+            factored=factored,
+            factor_dims=factor_dims,
+            min_dim_size_to_factor=min_dim_size_to_factor,
+            momentum=beta1 is not None,
+        ).values()
+    )
+    return StateBytes(adafactor=adafactor, adam=adam_state_bytes(params))
+
+
+def memory_table(params: Iterable[Tensor]) -> str:
+    """A markdown table of optimizer-state bytes: Adam/AdamW against Adafactor's settings."""
+    params = list(params)
+    n = sum(p.numel() for p in params)
+    adam = adam_state_bytes(params)
+    rows = [
+        ("Adam / AdamW (m and v)", adam),
+        ("Adafactor, defaults (no momentum)", state_bytes(params).adafactor),
+        ("Adafactor, beta1=0.9", state_bytes(params, beta1=0.9).adafactor),
+        ("Adafactor, factored=False", state_bytes(params, factored=False).adafactor),
+    ]
+    lines = [
+        f"{len(params)} tensors, {n:,} parameters",
+        "",
+        "| optimizer | state | vs Adam |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {_mib(b)} | {b / adam:.2%} |" for name, b in rows]
+    return "\n".join(lines)
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.2f} MiB"

@@ -1,0 +1,34 @@
+"""Shared helpers: run the optimizer and the float64 reference side by side."""
+
+from __future__ import annotations
+
+import torch
+
+from adafactor import Adafactor
+from adafactor.reference import ReferenceAdafactor
+
+
+def wide_gradient(shape: tuple[int, ...], generator: torch.Generator, dtype=torch.float64):
+    """Gradients spanning ~16 orders of magnitude across rows and columns, with zero rows."""
+    g = torch.randn(shape, generator=generator, dtype=torch.float64)
+    if len(shape) >= 1 and g.numel():
+        scale = 10.0 ** torch.empty(shape[0], dtype=torch.float64).uniform_(-8, 8, generator=generator)
+        g = g * scale.reshape((-1,) + (1,) * (len(shape) - 1))
+        g[0] = 0.0  # an all-zero row, from the first step on
+    if len(shape) >= 2 and g.numel():
+        scale = 10.0 ** torch.empty(shape[-1], dtype=torch.float64).uniform_(-4, 4, generator=generator)
+        g = g * scale
+    return g.to(dtype)
+
+
+def run_side_by_side(params, grads_per_step, **options):
+    """Step ``Adafactor`` on copies of ``params`` and the reference on float64 copies."""
+    ours = [p.detach().clone().requires_grad_(True) for p in params]
+    opt = Adafactor(ours, **options)
+    ref = ReferenceAdafactor(params, **options)
+    for grads in grads_per_step:
+        for p, g in zip(ours, grads):
+            p.grad = None if g is None else g.to(p.dtype)
+        opt.step()
+        ref.step([None if g is None else g.to(p.dtype) for p, g in zip(ours, grads)])
+    return opt, ours, ref

@@ -1,0 +1,156 @@
+"""The optimizer against the float64 reference written from the paper (``reference.py``)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adafactor import Adafactor
+from adafactor.reference import ReferenceAdafactor, ReferenceAdam
+
+from conftest import run_side_by_side, wide_gradient
+
+
+def test_defaults_match_reference_to_float64_round_off_over_many_steps():
+    gen = torch.Generator().manual_seed(0)
+    params = [
+        torch.randn(24, 17, generator=gen, dtype=torch.float64),  # factored matrix
+        torch.randn(31, generator=gen, dtype=torch.float64),  # vector: Algorithm 5
+        torch.randn(6, 5, 4, generator=gen, dtype=torch.float64),  # 3-D, factored over (6, 5)
+        torch.tensor(0.7, dtype=torch.float64),  # scalar
+    ]
+    steps = [[wide_gradient(tuple(p.shape), gen) for p in params] for _ in range(300)]
+    opt, ours, ref = run_side_by_side(params, steps)
+    for p, r in zip(ours, ref.params):
+        # 300 steps of O(10) flops each per element: a few hundred ulps at most.
+        torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-15)
+        assert not torch.equal(p.detach(), params[0]) or p.numel() == 0
+    # The factored 24x17 matrix keeps 24 + 17 second-moment numbers, nothing n x m.
+    state = opt.state[ours[0]]
+    assert state["exp_avg_sq_row"].numel() + state["exp_avg_sq_col"].numel() == 24 + 17
+    assert ref.state_numbers(0) == 24 + 17
+    assert int(state["step"]) == 300
+
+
+def test_first_step_by_hand():
+    # A rank-one gradient G = a b^T is estimated exactly by R C / 1^T R (up to eps1), so
+    # U = sign(G), RMS(U) = 1, and X_1 = X_0 - min(1e-2, 1) * max(1e-3, RMS(X_0)) * sign(G).
+    x0 = torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.25, -4.0]], dtype=torch.float64)
+    a = torch.tensor([3.0, -0.5], dtype=torch.float64)
+    b = torch.tensor([1e-3, 2.0, -7.0], dtype=torch.float64)
+    p = x0.clone().requires_grad_(True)
+    p.grad = torch.outer(a, b)
+    Adafactor([p]).step()
+    rms_x0 = math.sqrt((x0**2).mean().item())
+    expected = x0 - 1e-2 * rms_x0 * torch.outer(a, b).sign()
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-14, atol=0)
+
+
+def test_clipping_by_hand():
+    # First step, vector, beta2_1 = 0: V = G^2 + eps1, U = sign(G) (RMS 1). With d = 0.5 the
+    # update is scaled by 0.5; with d = 2 it is left alone.
+    for d, factor in ((0.5, 0.5), (2.0, 1.0), (None, 1.0)):
+        p = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+        p.grad = torch.tensor([1.0, -3.0, 2e-5, 1e5], dtype=torch.float64)
+        Adafactor([p], clip_threshold=d).step()
+        # RMS(X_0) = 0, so alpha = eps2 * rho_1 = 1e-3 * 1e-2.
+        torch.testing.assert_close(p.detach(), -1e-5 * factor * p.grad.sign(), rtol=1e-14, atol=0)
+
+
+def test_adam_configuration_matches_paper_algorithm_1():
+    # Adam = momentum on the gradient with bias correction, constant beta2 with bias
+    # correction, no clipping, absolute step, no parameter scaling.
+    gen = torch.Generator().manual_seed(1)
+    for factored in (False, True):
+        params = [torch.randn(9, 7, generator=gen, dtype=torch.float64),
+                  torch.randn(5, generator=gen, dtype=torch.float64)]
+        ours = [p.clone().requires_grad_(True) for p in params]
+        opt = Adafactor(ours, lr=1e-3, beta1=0.9, beta2=0.999, momentum="gradient",
+                        clip_threshold=None, relative_step=False, scale_parameter=False,
+                        factored=factored)
+        ref = ReferenceAdam(params, lr=1e-3, betas=(0.9, 0.999), eps=0.0, factored=factored)
+        for _ in range(100):
+            grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+            for p, g in zip(ours, grads):
+                p.grad = g
+            opt.step()
+            ref.step(grads)
+        for p, r in zip(ours, ref.params):
+            torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-15)
+
+
+shapes = st.lists(st.integers(0, 6), min_size=0, max_size=4).map(tuple)
+options = st.fixed_dictionaries(
+    {},
+    optional={
+        "lr": st.sampled_from([1e-2, 0.3, 1e-4]),
+        "clip_threshold": st.sampled_from([None, 1.0, 0.3]),
+        "decay_rate": st.sampled_from([0.5, 0.8, 1.0]),
+        "beta1": st.sampled_from([None, 0.0, 0.9]),
+        "beta2": st.sampled_from([None, 0.999, 0.5]),
+        "momentum": st.sampled_from(["step", "gradient"]),
+        "weight_decay": st.sampled_from([0.0, 0.1]),
+        "relative_step": st.booleans(),
+        "scale_parameter": st.booleans(),
+        "factored": st.booleans(),
+        "min_dim_size_to_factor": st.sampled_from([1, 2, 4]),
+        "factor_dims": st.sampled_from(["largest", "last"]),
+        "maximize": st.booleans(),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shapes=st.lists(shapes, min_size=1, max_size=3), options=options,
+       seed=st.integers(0, 2**16), steps=st.integers(1, 6), warmup=st.booleans())
+def test_property_float64_matches_reference(shapes, options, seed, steps, warmup):
+    if warmup and options.get("relative_step", True):
+        options["warmup_init"] = True
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [[wide_gradient(s, gen) if torch.rand((), generator=gen) < 0.9 else None
+              for s in shapes] for _ in range(steps)]
+    opt, ours, ref = run_side_by_side(params, grads, **options)
+    for p, r in zip(ours, ref.params):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple), options=options,
+       seed=st.integers(0, 2**16))
+def test_property_float32_matches_reference(shape, options, seed):
+    # float32 math has a relative error of ~1e-6 per operation; over 3 steps of O(10)
+    # operations the parameters agree to well within 1e-4 of the step taken.
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    grads = [[torch.randn(shape, generator=gen, dtype=torch.float64)] for _ in range(3)]
+    opt, ours, ref = run_side_by_side([x0.float()], grads, **options)
+    moved = (ref.params[0] - x0).abs().max().item()
+    err = (ours[0].detach().double() - ref.params[0]).abs().max().item()
+    assert err <= 1e-4 * moved + 1e-6 * x0.abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_params_match_reference_to_one_rounding(dtype):
+    # State and math are float32; only the final write rounds to the parameter's dtype, so
+    # each step lands within one rounding (2^-8 relative for bf16, 2^-11 for fp16) of the
+    # reference step taken from the same rounded starting point.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 48, generator=gen).to(dtype)
+    p = x.clone().requires_grad_(True)
+    opt = Adafactor([p])
+    ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    for _ in range(5):
+        g = torch.randn(64, 48, generator=gen)
+        ref = ReferenceAdafactor([p.detach()])
+        ref.second_moments[0].row = opt.state[p]["exp_avg_sq_row"].double().squeeze(1) * 48 if opt.state else ref.second_moments[0].row
+        ref.second_moments[0].col = opt.state[p]["exp_avg_sq_col"].double().squeeze(0) * 64 if opt.state else ref.second_moments[0].col
+        ref.t[0] = int(opt.state[p]["step"]) if opt.state else 0
+        p.grad = g.to(dtype)
+        opt.step()
+        ref.step([g.to(dtype)])
+        assert opt.state[p]["exp_avg_sq_row"].dtype == torch.float32
+        err = (p.detach().double() - ref.params[0]).abs()
+        assert (err <= ulp * ref.params[0].abs() + 1e-30).all()
