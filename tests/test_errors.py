@@ -40,6 +40,7 @@ def assert_unchanged(opt, params, snap):
         ({"beta2": -0.1}, "beta2"),
         ({"momentum": "nesterov"}, "momentum"),
         ({"weight_decay": -0.1}, "weight_decay"),
+        ({"weight_decay_scale": "alpha_t"}, "weight_decay_scale"),
         ({"relative_step": 1}, "relative_step"),
         ({"warmup_init": True, "relative_step": False}, "warmup_init"),
         ({"min_dim_size_to_factor": 0}, "min_dim_size_to_factor"),

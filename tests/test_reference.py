@@ -92,6 +92,7 @@ options = st.fixed_dictionaries(
         "beta2": st.sampled_from([None, 0.999, 0.5]),
         "momentum": st.sampled_from(["step", "gradient"]),
         "weight_decay": st.sampled_from([0.0, 0.1]),
+        "weight_decay_scale": st.sampled_from(["rho", "alpha", "lr", "none"]),
         "relative_step": st.booleans(),
         "scale_parameter": st.booleans(),
         "factored": st.booleans(),

@@ -32,6 +32,8 @@ from .schedules import second_moment_decay, step_size
 
 Momentum = Literal["step", "gradient"]
 MOMENTUM_KINDS: tuple[str, ...] = ("step", "gradient")
+WeightDecayScale = Literal["rho", "alpha", "lr", "none"]
+WEIGHT_DECAY_SCALES: tuple[str, ...] = ("rho", "alpha", "lr", "none")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Hyperparameters:
     beta2: float | None
     momentum: Momentum
     weight_decay: float
+    weight_decay_scale: WeightDecayScale
     relative_step: bool
     warmup_init: bool
     scale_parameter: bool
@@ -66,6 +69,7 @@ class Hyperparameters:
             beta2=group["beta2"],
             momentum=group["momentum"],
             weight_decay=group["weight_decay"],
+            weight_decay_scale=group["weight_decay_scale"],
             relative_step=group["relative_step"],
             warmup_init=group["warmup_init"],
             scale_parameter=group["scale_parameter"],
@@ -171,7 +175,8 @@ def adafactor_step(
     if hp.maximize:
         delta = -delta
     if hp.weight_decay != 0.0:
-        delta = delta + (hp.weight_decay * rho_t) * x
+        decay_scale = {"rho": rho_t, "alpha": alpha_t, "lr": hp.lr, "none": 1.0}
+        delta = delta + (hp.weight_decay * decay_scale[hp.weight_decay_scale]) * x
 
     for key, value in new_state.items():
         state[key].copy_(torch.where(finite, value, state[key]))

@@ -16,7 +16,14 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from .algorithm import MOMENTUM_KINDS, Hyperparameters, Momentum, adafactor_step
+from .algorithm import (
+    MOMENTUM_KINDS,
+    WEIGHT_DECAY_SCALES,
+    Hyperparameters,
+    Momentum,
+    WeightDecayScale,
+    adafactor_step,
+)
 from .factoring import FACTOR_RULES, FactorRule, StateSpec, factored_dims, state_layout
 
 NonfiniteGrad = Literal["skip", "raise"]
@@ -53,7 +60,9 @@ class Adafactor(Optimizer):
             ``β̂2_t = β2(1 − β2^(t−1))/(1 − β2^t)``, in place of ``1 − t^(−c)``.
         momentum: what β1 averages: ``"step"`` (default; as T5X, optax and HF) the steps
             ``α_t·Û_t``; ``"gradient"`` Adam's bias-corrected ``m̂_t``, divided by ``√V̂_t``.
-        weight_decay: ``λ``, decoupled weight decay: ``X ← X − λ·ρ_t·X`` each step.
+        weight_decay: ``λ``, decoupled weight decay: ``X ← X − λ·s·X`` each step.
+        weight_decay_scale: ``s``: ``"rho"`` (default) ρ_t, like the learning rate in AdamW;
+            ``"alpha"`` α_t (HF, timm); ``"lr"`` the group's ``lr`` (torch); ``"none"`` 1 (optax).
         relative_step: use ρ_t = ``min(lr, 1/√t)`` rather than ρ_t = ``lr``.
         warmup_init: with ``relative_step``, the warm-up variant ``ρ_t = min(lr, 10⁻⁶·t, 1/√t)``.
         scale_parameter: multiply ρ_t by ``max(ε2, RMS(X_{t−1}))``.
@@ -86,6 +95,7 @@ class Adafactor(Optimizer):
         beta2: float | None = None,
         momentum: Momentum = "step",
         weight_decay: float = 0.0,
+        weight_decay_scale: WeightDecayScale = "rho",
         relative_step: bool = True,
         warmup_init: bool = False,
         scale_parameter: bool = True,
@@ -104,6 +114,7 @@ class Adafactor(Optimizer):
             beta2=beta2,
             momentum=momentum,
             weight_decay=weight_decay,
+            weight_decay_scale=weight_decay_scale,
             relative_step=relative_step,
             warmup_init=warmup_init,
             scale_parameter=scale_parameter,
@@ -308,6 +319,8 @@ def validate_options(options: Mapping[str, Any], where: str = "Adafactor") -> No
         fail("momentum", f"must be one of {MOMENTUM_KINDS}")
     if not is_real(options["weight_decay"]) or options["weight_decay"] < 0:
         fail("weight_decay", "must be a finite number >= 0")
+    if options["weight_decay_scale"] not in WEIGHT_DECAY_SCALES:
+        fail("weight_decay_scale", f"must be one of {WEIGHT_DECAY_SCALES}")
     for name in ("relative_step", "warmup_init", "scale_parameter", "factored", "maximize"):
         if not isinstance(options[name], bool):
             fail(name, "must be True or False")

@@ -95,6 +95,7 @@ class ReferenceAdafactor:
         beta2: float | None = None,
         momentum: str = "step",
         weight_decay: float = 0.0,
+        weight_decay_scale: str = "rho",
         relative_step: bool = True,
         warmup_init: bool = False,
         scale_parameter: bool = True,
@@ -107,6 +108,7 @@ class ReferenceAdafactor:
         self.lr, (self.eps1, self.eps2) = lr, eps
         self.d, self.c, self.beta1, self.beta2 = clip_threshold, decay_rate, beta1, beta2
         self.momentum, self.weight_decay, self.maximize = momentum, weight_decay, maximize
+        self.weight_decay_scale = weight_decay_scale
         self.relative_step, self.warmup_init = relative_step, warmup_init
         self.scale_parameter = scale_parameter
         self.t = [0 for _ in self.params]
@@ -158,7 +160,8 @@ class ReferenceAdafactor:
                 s = self.m[i]
             if self.maximize:
                 s = -s
-            self.params[i] = x - s - self.weight_decay * rho * x
+            decay = {"rho": rho, "alpha": alpha, "lr": lr, "none": 1.0}[self.weight_decay_scale]
+            self.params[i] = x - s - self.weight_decay * decay * x
 
     def state_numbers(self, i: int) -> int:
         """How many second-moment numbers parameter ``i`` keeps."""
