@@ -15,14 +15,24 @@ Means rather than the paper's sums give the same V̂ (the factors of m and n can
 the statistics on the scale of G². A tensor that is not factored keeps a full
 ``V̂_t = β̂2_t·V̂_{t−1} + (1 − β̂2_t)·(G_t² + ε1)``.
 
-Every value here stays a tensor (β̂2_t, ρ_t and α_t are 0-d tensors), so a step never waits for
+A step runs in three phases over all parameters of a group, because two things need every
+element of a tensor before anything can be applied: the statistics (sums of G² and X²), then
+the normaliser mean_r(R_t) and RMS(U_t) for clipping. ``ParamStep.local_sums`` and
+``ParamStep.clipping_sums`` return the partial sums that each phase needs; when a parameter is
+split across processes (``distributed.py``) they are completed by one batched all-reduce per
+phase before the next phase runs, otherwise they are complete already. Between phases a
+parameter keeps only small tensors: full-size intermediates are recomputed, not held.
+
+Every value stays a tensor (β̂2_t, ρ_t and α_t are 0-d tensors), so a step never waits for
 the device and never branches on data.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -77,109 +87,176 @@ class Hyperparameters:
         )
 
 
-def mean_square(x: Tensor) -> Tensor:
-    """``mean(x²)``. Unlike ``norm()``, whose float32 result drifts by ~1e-3 on tensors of tens
-    of millions of elements on CPU, the cascaded ``sum`` behind ``mean`` stays within ~1e-7."""
-    return x.square().mean()
+@dataclass
+class Partial:
+    """A local partial sum of ``param``'s elements over its dimensions ``dims``; complete
+    once summed over every process that holds a piece of those dimensions."""
+
+    value: Tensor
+    param: Tensor
+    dims: tuple[int, ...]
 
 
-def rms(x: Tensor) -> Tensor:
-    """``RMS(x) = √mean(x²)``."""
-    return mean_square(x).sqrt()
+CompleteSums = Callable[[Sequence[Partial]], None]
+"""Completes partial sums in place (all-reduce); does nothing for whole tensors."""
 
 
-def factored_second_moment(
-    row: Tensor, col: Tensor, grad: Tensor, beta2_t: Tensor, eps1: float, dims: tuple[int, int]
-) -> tuple[Tensor, Tensor]:
-    """New ``(R_t, C_t)``: decayed means of ``G² + ε1`` over the column and the row dimension."""
-    r, c = dims
-    grad_sq = grad.square()
-    new_row = torch.lerp(row, grad_sq.mean(dim=c, keepdim=True).add_(eps1), 1.0 - beta2_t)
-    new_col = torch.lerp(col, grad_sq.mean(dim=r, keepdim=True).add_(eps1), 1.0 - beta2_t)
-    return new_row, new_col
+def decayed_mean(old: Tensor, mean: Tensor, beta2_t: Tensor, eps1: float) -> Tensor:
+    """``β̂2_t·old + (1 − β̂2_t)·(mean + ε1)``: one step of a second-moment statistic."""
+    return torch.lerp(old, mean + eps1, 1.0 - beta2_t)
 
 
-def full_second_moment(v: Tensor, grad: Tensor, beta2_t: Tensor, eps1: float) -> Tensor:
-    """New ``V̂_t``: the decayed mean of ``G² + ε1``, element by element."""
-    return torch.lerp(v, grad.square().add_(eps1), 1.0 - beta2_t)
+def parameter_scale(sum_sq_x: Tensor, numel: int, eps2: float) -> Tensor:
+    """``max(ε2, RMS(X))`` from ``Σ X²``: what makes the step size relative (Section 8)."""
+    return (sum_sq_x / max(numel, 1)).sqrt().clamp(min=eps2)
 
 
-def factored_rsqrt(row: Tensor, col: Tensor, dims: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Factors ``a, b`` with ``a·b = 1/√V̂``, ``V̂ = R·C/mean_r(R)``, never forming the n×m V̂."""
-    return (row / row.mean(dim=dims[0], keepdim=True)).rsqrt(), col.rsqrt()
-
-
-def clip_update(update: Tensor, clip_threshold: float | None) -> Tensor:
-    """``Û = U / max(1, RMS(U)/d)`` (Section 6); ``U`` unchanged when ``d`` is ``None``."""
+def clipping_divisor(sum_sq_u: Tensor, numel: int, clip_threshold: float | None) -> Tensor | float:
+    """``max(1, RMS(U)/d)`` from ``Σ U²`` (Section 6); 1 without clipping."""
     if clip_threshold is None:
-        return update
-    return update / (rms(update) / clip_threshold).clamp(min=1.0)
+        return 1.0
+    return ((sum_sq_u / max(numel, 1)).sqrt() / clip_threshold).clamp(min=1.0)
 
 
-def parameter_scale(x: Tensor, eps2: float) -> Tensor:
-    """``max(ε2, RMS(X))``: the factor that makes the step size relative (Section 8)."""
-    return rms(x).clamp(min=eps2)
+def factored_rsqrt(row: Tensor, col: Tensor, row_mean: Tensor) -> tuple[Tensor, Tensor]:
+    """``a, b`` with ``a·b = 1/√V̂`` for ``V̂ = R·C/mean_r(R)``, never forming the n×m V̂."""
+    return (row / row_mean).rsqrt(), col.rsqrt()
 
 
-def adafactor_step(
-    param: Tensor,
-    grad: Tensor,
-    state: dict[str, Tensor],
-    hp: Hyperparameters,
-    dims: tuple[int, int] | None,
-) -> None:
-    """One step for one parameter, in place on ``param`` and ``state``.
+class ParamStep:
+    """One parameter's step, carried through the phases (see the module docstring).
 
-    ``state`` holds ``step`` (updates applied so far), ``nonfinite_skips``, either
-    ``exp_avg_sq_row``/``exp_avg_sq_col`` (factored over ``dims``) or ``exp_avg_sq``, and
-    ``exp_avg`` when ``hp.beta1`` is set. A gradient with a NaN or Inf leaves the parameter and
-    its state untouched (the step is not counted) and adds one to ``nonfinite_skips``; the
-    check is a device-side select, never a host sync.
+    ``param``, ``grad`` and ``state`` are the tensors this process holds (the local shard of
+    a distributed parameter); ``shape`` is the whole parameter's shape; ``dims`` the factored
+    pair or ``None``. ``state`` holds ``step`` (updates applied so far), ``nonfinite_skips``,
+    either ``exp_avg_sq_row``/``exp_avg_sq_col`` or ``exp_avg_sq``, and ``exp_avg`` when
+    ``hp.beta1`` is set.
 
-    With ``hp.momentum == "step"`` (T5X, optax, HF) the momentum is an average of the steps
+    A gradient with a NaN or Inf anywhere (found through ``Σ G²``) leaves the parameter and
+    its state untouched, the step uncounted, and adds one to ``nonfinite_skips``.
+
+    With ``hp.momentum == "step"`` (T5X, optax, HF) the momentum averages the steps
     ``α_t·Û_t``. With ``"gradient"`` it is Adam's bias-corrected average of the gradients,
     ``m̂_t = m_t/(1 − β1^t)``, normalised by ``√V̂_t`` (Algorithm 1 with V̂ in place of v̂).
     """
-    dtype = state_dtype(param.dtype)
-    x = param.to(dtype)
-    g = grad.to(dtype)
-    t = state["step"].to(dtype) + 1.0
-    beta2_t = second_moment_decay(t, hp.decay_rate, hp.beta2)
-    rho_t = step_size(t, hp.lr, hp.relative_step, hp.warmup_init)
-    alpha_t = rho_t * parameter_scale(x, hp.eps2) if hp.scale_parameter else rho_t
 
-    if dims is not None:
-        moments = factored_second_moment(
-            state["exp_avg_sq_row"], state["exp_avg_sq_col"], g, beta2_t, hp.eps1, dims
-        )
-        # A NaN or Inf anywhere in G reaches the mean of its row.
-        finite = moments[0].isfinite().all()
-        row_factor, col_factor = factored_rsqrt(*moments, dims)
-        new_state = {"exp_avg_sq_row": moments[0], "exp_avg_sq_col": moments[1]}
-    else:
-        v = full_second_moment(state["exp_avg_sq"], g, beta2_t, hp.eps1)
-        finite = v.isfinite().all()
-        row_factor, col_factor = v.rsqrt(), None
-        new_state = {"exp_avg_sq": v}
+    def __init__(
+        self,
+        param: Tensor,
+        grad: Tensor,
+        state: dict[str, Tensor],
+        hp: Hyperparameters,
+        dims: tuple[int, int] | None,
+        shape: Sequence[int],
+    ) -> None:
+        self.param, self.grad, self.state, self.hp, self.dims = param, grad, state, hp, dims
+        self.shape = tuple(shape)
+        self.numel = math.prod(self.shape)
+        self.dtype = state_dtype(param.dtype)
+        self.t = state["step"].to(self.dtype) + 1.0
+        self.beta2_t = second_moment_decay(self.t, hp.decay_rate, hp.beta2)
+        self.rho_t = step_size(self.t, hp.lr, hp.relative_step, hp.warmup_init)
+        self.gradient_momentum = hp.beta1 is not None and hp.momentum == "gradient"
 
-    direction = g
-    if hp.beta1 is not None and hp.momentum == "gradient":
-        new_state["exp_avg"] = torch.lerp(state["exp_avg"], g, 1.0 - hp.beta1)
-        direction = new_state["exp_avg"] / (1.0 - hp.beta1**t)
-    update = direction * row_factor
-    if col_factor is not None:
-        update = update * col_factor
-    delta = alpha_t * clip_update(update, hp.clip_threshold)
-    if hp.beta1 is not None and hp.momentum == "step":
-        new_state["exp_avg"] = delta = torch.lerp(state["exp_avg"], delta, 1.0 - hp.beta1)
-    if hp.maximize:
-        delta = -delta
-    if hp.weight_decay != 0.0:
-        decay_scale = {"rho": rho_t, "alpha": alpha_t, "lr": hp.lr, "none": 1.0}
-        delta = delta + (hp.weight_decay * decay_scale[hp.weight_decay_scale]) * x
+    def _all_dims(self) -> tuple[int, ...]:
+        return tuple(range(len(self.shape)))
 
-    for key, value in new_state.items():
-        state[key].copy_(torch.where(finite, value, state[key]))
-    state["step"].add_(finite)
-    state["nonfinite_skips"].add_(finite.logical_not())
-    param.copy_(torch.where(finite, x - delta, x))
+    def _g(self) -> Tensor:
+        return self.grad.to(self.dtype)
+
+    def local_sums(self) -> list[Partial]:
+        """Phase 1: ``Σ X²``, ``Σ G²`` and, when factored, G²'s row and column sums."""
+        x, g_sq = self.param.to(self.dtype), self._g().square()
+        self.sum_sq_x = x.square().sum()
+        sums = [Partial(self.sum_sq_x, self.param, self._all_dims())]
+        if self.dims is not None:
+            r, c = self.dims
+            self.row_sq = g_sq.sum(dim=c, keepdim=True)
+            self.col_sq = g_sq.sum(dim=r, keepdim=True)
+            self.sum_sq_g = self.row_sq.sum()
+            sums += [Partial(self.row_sq, self.param, (c,)), Partial(self.col_sq, self.param, (r,))]
+        else:
+            self.sum_sq_g = g_sq.sum()
+        return sums + [Partial(self.sum_sq_g, self.param, self._all_dims())]
+
+    def _second_moment(self) -> dict[str, Tensor]:
+        """The new statistics: ``R_t, C_t`` (small) or ``V̂_t`` (full size, so recomputed)."""
+        if self.dims is None:
+            g_sq = self._g().square()
+            return {"exp_avg_sq": decayed_mean(self.state["exp_avg_sq"], g_sq, self.beta2_t, self.hp.eps1)}
+        return self.factored
+
+    def _direction(self) -> Tensor:
+        """What is normalised: ``G_t``, or Adam's ``m_t`` (its bias correction is a scalar)."""
+        if self.gradient_momentum:
+            return torch.lerp(self.state["exp_avg"], self._g(), 1.0 - self.hp.beta1)
+        return self._g()
+
+    def clipping_sums(self) -> list[Partial]:
+        """Phase 2: ``R_t, C_t`` from the complete sums, then ``Σ_r R_t`` (for mean_r(R_t)) and
+        ``Σ D²/(R_t·C_t)``, from which ``Σ U² = mean_r(R_t)·Σ D²/(R_t·C_t)``."""
+        self.finite = self.sum_sq_g.isfinite()
+        self.alpha_t = self.rho_t
+        if self.hp.scale_parameter:
+            self.alpha_t = self.rho_t * parameter_scale(self.sum_sq_x, self.numel, self.hp.eps2)
+        d_sq = self._direction().square()
+        if self.dims is None:
+            self.sum_d_sq_over_v = (d_sq / self._second_moment()["exp_avg_sq"]).sum()
+            return [Partial(self.sum_d_sq_over_v, self.param, self._all_dims())]
+        r, c = self.dims
+        row = decayed_mean(self.state["exp_avg_sq_row"], self.row_sq / self.shape[c], self.beta2_t, self.hp.eps1)
+        col = decayed_mean(self.state["exp_avg_sq_col"], self.col_sq / self.shape[r], self.beta2_t, self.hp.eps1)
+        self.factored = {"exp_avg_sq_row": row, "exp_avg_sq_col": col}
+        self.row_sum = row.sum(dim=r, keepdim=True)
+        self.sum_d_sq_over_v = (d_sq / row / col).sum(dim=(r, c), keepdim=True)
+        return [
+            Partial(self.row_sum, self.param, (r,)),
+            Partial(self.sum_d_sq_over_v, self.param, (r, c)),
+        ]
+
+    def apply(self) -> None:
+        """Phase 3: clip, scale, add momentum and weight decay, and commit where finite."""
+        hp, finite = self.hp, self.finite
+        new_state = dict(self._second_moment())
+        direction = self._direction()
+        if self.gradient_momentum:
+            new_state["exp_avg"] = direction
+            direction = direction / (1.0 - hp.beta1**self.t)
+        if self.dims is None:
+            sum_sq_u = self.sum_d_sq_over_v
+            update = direction * new_state["exp_avg_sq"].rsqrt()
+        else:
+            row_mean = self.row_sum / self.shape[self.dims[0]]
+            sum_sq_u = (row_mean * self.sum_d_sq_over_v).sum()
+            row_factor, col_factor = factored_rsqrt(*self.factored.values(), row_mean)
+            update = direction * row_factor * col_factor
+        if self.gradient_momentum:
+            sum_sq_u = sum_sq_u / (1.0 - hp.beta1**self.t) ** 2
+        step = update * (self.alpha_t / clipping_divisor(sum_sq_u, self.numel, hp.clip_threshold))
+        if hp.beta1 is not None and hp.momentum == "step":
+            new_state["exp_avg"] = step = torch.lerp(self.state["exp_avg"], step, 1.0 - hp.beta1)
+        if hp.maximize:
+            step = -step
+        x = self.param.to(self.dtype)
+        if hp.weight_decay != 0.0:
+            scale = {"rho": self.rho_t, "alpha": self.alpha_t, "lr": hp.lr, "none": 1.0}
+            step = step + (hp.weight_decay * scale[hp.weight_decay_scale]) * x
+
+        for key, value in new_state.items():
+            torch.where(finite, value, self.state[key], out=self.state[key])
+        self.state["step"].add_(finite)
+        self.state["nonfinite_skips"].add_(finite.logical_not())
+        self.param.copy_(torch.where(finite, x - step, x))
+
+
+def adafactor_group_step(steps: Sequence[ParamStep], complete: CompleteSums) -> None:
+    """Step every parameter of a group: each phase for all of them, then their sums completed
+    together (one batched reduction per phase when distributed)."""
+    complete([s for step in steps for s in step.local_sums()])
+    complete([s for step in steps for s in step.clipping_sums()])
+    for step in steps:
+        step.apply()
+
+
+def whole(_: Sequence[Partial]) -> None:
+    """``CompleteSums`` for parameters held whole by this process: nothing to add."""

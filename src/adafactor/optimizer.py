@@ -21,8 +21,10 @@ from .algorithm import (
     WEIGHT_DECAY_SCALES,
     Hyperparameters,
     Momentum,
+    ParamStep,
     WeightDecayScale,
-    adafactor_step,
+    adafactor_group_step,
+    whole,
 )
 from .factoring import FACTOR_RULES, FactorRule, StateSpec, factored_dims, state_layout
 
@@ -168,15 +170,15 @@ class Adafactor(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        work = self._gather()
-        for group, params in work:
+        for group, params in self._gather():
             hp = Hyperparameters.from_group(group)
+            steps = []
             for p in params:
                 state = self.state[p]
                 if not state:
                     state.update(_zeros(self.layout(p, group), p.device))
-                dims = _dims(p, group)
-                adafactor_step(p, p.grad, state, hp, dims)
+                steps.append(ParamStep(p, p.grad, state, hp, _dims(p, group), p.shape))
+            adafactor_group_step(steps, whole)
         return loss
 
     def _gather(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
