@@ -94,7 +94,7 @@ class Partial:
 
     value: Tensor
     param: Tensor
-    dims: tuple[int, ...]
+    dims: tuple[int, ...]  # of the whole parameter
 
 
 CompleteSums = Callable[[Sequence[Partial]], None]
@@ -128,7 +128,7 @@ class ParamStep:
 
     ``param``, ``grad`` and ``state`` are the tensors this process holds (the local shard of
     a distributed parameter); ``shape`` is the whole parameter's shape; ``dims`` the factored
-    pair or ``None``. ``state`` holds ``step`` (updates applied so far), ``nonfinite_skips``,
+    pair or ``None``; ``key`` the parameter that the partial sums name (default ``param``). ``state`` holds ``step`` (updates applied so far), ``nonfinite_skips``,
     either ``exp_avg_sq_row``/``exp_avg_sq_col`` or ``exp_avg_sq``, and ``exp_avg`` when
     ``hp.beta1`` is set.
 
@@ -148,8 +148,10 @@ class ParamStep:
         hp: Hyperparameters,
         dims: tuple[int, int] | None,
         shape: Sequence[int],
+        key: Tensor | None = None,
     ) -> None:
         self.param, self.grad, self.state, self.hp, self.dims = param, grad, state, hp, dims
+        self.key = param if key is None else key
         self.shape = tuple(shape)
         self.numel = math.prod(self.shape)
         self.dtype = state_dtype(param.dtype)
@@ -168,16 +170,16 @@ class ParamStep:
         """Phase 1: ``Σ X²``, ``Σ G²`` and, when factored, G²'s row and column sums."""
         x, g_sq = self.param.to(self.dtype), self._g().square()
         self.sum_sq_x = x.square().sum()
-        sums = [Partial(self.sum_sq_x, self.param, self._all_dims())]
+        sums = [Partial(self.sum_sq_x, self.key, self._all_dims())]
         if self.dims is not None:
             r, c = self.dims
             self.row_sq = g_sq.sum(dim=c, keepdim=True)
             self.col_sq = g_sq.sum(dim=r, keepdim=True)
             self.sum_sq_g = self.row_sq.sum()
-            sums += [Partial(self.row_sq, self.param, (c,)), Partial(self.col_sq, self.param, (r,))]
+            sums += [Partial(self.row_sq, self.key, (c,)), Partial(self.col_sq, self.key, (r,))]
         else:
             self.sum_sq_g = g_sq.sum()
-        return sums + [Partial(self.sum_sq_g, self.param, self._all_dims())]
+        return sums + [Partial(self.sum_sq_g, self.key, self._all_dims())]
 
     def _second_moment(self) -> dict[str, Tensor]:
         """The new statistics: ``R_t, C_t`` (small) or ``V̂_t`` (full size, so recomputed)."""
@@ -202,7 +204,7 @@ class ParamStep:
         d_sq = self._direction().square()
         if self.dims is None:
             self.sum_d_sq_over_v = (d_sq / self._second_moment()["exp_avg_sq"]).sum()
-            return [Partial(self.sum_d_sq_over_v, self.param, self._all_dims())]
+            return [Partial(self.sum_d_sq_over_v, self.key, self._all_dims())]
         r, c = self.dims
         row = decayed_mean(self.state["exp_avg_sq_row"], self.row_sq / self.shape[c], self.beta2_t, self.hp.eps1)
         col = decayed_mean(self.state["exp_avg_sq_col"], self.col_sq / self.shape[r], self.beta2_t, self.hp.eps1)
@@ -210,8 +212,8 @@ class ParamStep:
         self.row_sum = row.sum(dim=r, keepdim=True)
         self.sum_d_sq_over_v = (d_sq / row / col).sum(dim=(r, c), keepdim=True)
         return [
-            Partial(self.row_sum, self.param, (r,)),
-            Partial(self.sum_d_sq_over_v, self.param, (r, c)),
+            Partial(self.row_sum, self.key, (r,)),
+            Partial(self.sum_d_sq_over_v, self.key, (r, c)),
         ]
 
     def apply(self) -> None:

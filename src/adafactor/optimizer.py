@@ -13,6 +13,7 @@ from itertools import chain
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
@@ -26,6 +27,7 @@ from .algorithm import (
     adafactor_group_step,
     whole,
 )
+from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
 from .factoring import FACTOR_RULES, FactorRule, StateSpec, factored_dims, state_layout
 
 NonfiniteGrad = Literal["skip", "raise"]
@@ -176,9 +178,11 @@ class Adafactor(Optimizer):
             for p in params:
                 state = self.state[p]
                 if not state:
-                    state.update(_zeros(self.layout(p, group), p.device))
-                steps.append(ParamStep(p, p.grad, state, hp, _dims(p, group), p.shape))
-            adafactor_group_step(steps, whole)
+                    state.update({k: zeros_like_state(p, s) for k, s in self.layout(p, group).items()})
+                local_state = {k: local(v) for k, v in state.items()}
+                dims = _dims(p, group)
+                steps.append(ParamStep(local(p), local(p.grad), local_state, hp, dims, p.shape, p))
+            adafactor_group_step(steps, complete_sums if any(map(is_distributed, params)) else whole)
         return loss
 
     def _gather(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
@@ -200,6 +204,7 @@ class Adafactor(Optimizer):
                     raise ValueError(
                         f"{what}: gradient shape {tuple(p.grad.shape)} != parameter shape"
                     )
+                check_placements(p, what)
                 state = self.state.get(p)
                 if state:
                     _check_state(what, state, self.layout(p, group))
@@ -208,7 +213,11 @@ class Adafactor(Optimizer):
                     raising.append((what, p.grad))
             work.append((group, params))
         if raising:
-            finite = torch.stack([g.isfinite().all().cpu() for _, g in raising])
+            finite = torch.stack([local(g).isfinite().all() for _, g in raising]).cpu()
+            if any(is_distributed(g) for _, g in raising):
+                # Every process must decide alike: a NaN on any shard counts.
+                finite = finite.to(torch.int32)
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if not bool(finite.all()):
                 bad = [what for (what, _), ok in zip(raising, finite.tolist()) if not ok]
                 raise ValueError(f"non-finite gradient in {', '.join(bad)}; nothing was updated")
@@ -341,10 +350,6 @@ def _dims(p: Tensor, group: Mapping[str, Any]) -> tuple[int, int] | None:
     if not group["factored"]:
         return None
     return factored_dims(p.shape, group["factor_dims"], group["min_dim_size_to_factor"])
-
-
-def _zeros(layout: Mapping[str, StateSpec], device: torch.device) -> dict[str, Tensor]:
-    return {k: torch.zeros(s.shape, dtype=s.dtype, device=device) for k, s in layout.items()}
 
 
 def _check_state(what: str, state: Mapping[str, Any], layout: Mapping[str, StateSpec]) -> None:
