@@ -224,3 +224,19 @@ def test_dcp_two_ranks_to_one_and_back(tmp_path):
     resumed = torch.load(tmp_path / "one-rank-final.pt")
     for name in uninterrupted:
         torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_example_runs_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+
+    example = Path(__file__).parents[1] / "examples" / "fsdp_train.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(example),
+         "--steps", "3", "--checkpoint", str(tmp_path / "ckpt")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "optimizer all-reduces 2" in result.stdout
+    assert (tmp_path / "ckpt" / ".metadata").exists()
+    assert not (tmp_path / "ckpt.partial").exists()
