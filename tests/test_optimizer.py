@@ -274,3 +274,32 @@ def test_empty_scalar_and_vector_params():
     assert params[0].shape == (0, 5)
     assert params[1].item() == pytest.approx(1.5 - 1e-2 * 1.5)
     torch.testing.assert_close(params[2].detach(), torch.full((7,), 1 - 1e-2))
+
+
+def test_diagnostics_report_step_size_update_rms_and_clipping():
+    # First step on a vector: V = G^2 + eps1, so U = sign(G) and RMS(U) = 1 exactly; with
+    # d = 0.5 clipping fires, with d = 2 it does not.
+    for d, clipped in ((0.5, 1), (2.0, 0)):
+        p = torch.nn.Parameter(torch.full((4,), 2.0, dtype=torch.float64))
+        opt = Adafactor([p], clip_threshold=d, diagnostics=True)
+        p.grad = torch.tensor([1.0, -3.0, 2e-5, 1e5], dtype=torch.float64)
+        opt.step()
+        record = opt.diagnostics[p]
+        assert record["update_rms"].item() == pytest.approx(1.0, rel=1e-12)
+        assert record["step_size"].item() == pytest.approx(1e-2 * 2.0)  # rho_1 * RMS(X_0)
+        assert int(record["clipped_steps"]) == clipped
+    quiet = Adafactor([torch.nn.Parameter(torch.ones(3))])
+    assert quiet.diagnostics == {}
+
+
+def test_state_dict_from_before_an_option_existed_loads_with_defaults():
+    model = make_model()
+    opt = Adafactor(model.parameters())
+    train(model, opt, 2)
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:
+        del group["diagnostics"], group["weight_decay_scale"]
+    restored = Adafactor(make_model().parameters())
+    restored.load_state_dict(saved)
+    assert restored.param_groups[0]["weight_decay_scale"] == "rho"
+    assert restored.param_groups[0]["diagnostics"] is False

@@ -234,6 +234,7 @@ class ParamStep:
             update = direction * row_factor * col_factor
         if self.gradient_momentum:
             sum_sq_u = sum_sq_u / (1.0 - hp.beta1**self.t) ** 2
+        self.update_rms = (sum_sq_u / max(self.numel, 1)).sqrt()
         step = update * (self.alpha_t / clipping_divisor(sum_sq_u, self.numel, hp.clip_threshold))
         if hp.beta1 is not None and hp.momentum == "step":
             new_state["exp_avg"] = step = torch.lerp(self.state["exp_avg"], step, 1.0 - hp.beta1)

@@ -30,6 +30,8 @@ from .algorithm import (
 from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
 from .factoring import FACTOR_RULES, FactorRule, StateSpec, factored_dims, state_layout
 
+CORE_OPTIONS = frozenset({"lr", "eps", "clip_threshold", "decay_rate", "beta1", "beta2", "relative_step"})
+"""Options every saved group of ours has; a group without them comes from another optimizer."""
 NonfiniteGrad = Literal["skip", "raise"]
 NONFINITE_POLICIES: tuple[str, ...] = ("skip", "raise")
 
@@ -77,6 +79,9 @@ class Adafactor(Optimizer):
             big_vision; a conv kernel [256, 128, 3, 3] over 256×128) or ``"last"`` (as torch
             and HF; the same kernel over its 3×3 window).
         maximize: ascend rather than descend (``p.grad`` is never modified).
+        diagnostics: record, after each step, per parameter: ``step_size`` (α_t),
+            ``update_rms`` (RMS(U_t), before clipping), ``clipped_steps`` (steps where
+            RMS(U_t) > d) in ``optimizer.diagnostics[param]``; 0-d tensors, no host sync.
         nonfinite_grad: a gradient with a NaN or Inf either ``"skip"``s that parameter's step
             (no change to it or its state; ``state["nonfinite_skips"]`` counts it; no host
             sync) or ``"raise"``s a ``ValueError`` naming it before anything changes (one host
@@ -107,6 +112,7 @@ class Adafactor(Optimizer):
         min_dim_size_to_factor: int = 2,
         factor_dims: FactorRule = "largest",
         maximize: bool = False,
+        diagnostics: bool = False,
         nonfinite_grad: NonfiniteGrad = "skip",
     ) -> None:
         defaults = dict(
@@ -126,10 +132,16 @@ class Adafactor(Optimizer):
             min_dim_size_to_factor=min_dim_size_to_factor,
             factor_dims=factor_dims,
             maximize=maximize,
+            diagnostics=diagnostics,
             nonfinite_grad=nonfinite_grad,
         )
         validate_options(defaults)
         super().__init__(params, defaults)
+        self.diagnostics: dict[Tensor, dict[str, Tensor]] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("diagnostics", {})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its options are validated, and its parameters must be real tensors."""
@@ -183,7 +195,19 @@ class Adafactor(Optimizer):
                 dims = _dims(p, group)
                 steps.append(ParamStep(local(p), local(p.grad), local_state, hp, dims, p.shape, p))
             adafactor_group_step(steps, complete_sums if any(map(is_distributed, params)) else whole)
+            if group["diagnostics"]:
+                for p, step in zip(params, steps):
+                    self._record(p, step, group["clip_threshold"])
         return loss
+
+    def _record(self, p: Tensor, step: ParamStep, clip_threshold: float | None) -> None:
+        record = self.diagnostics.setdefault(
+            p, {"clipped_steps": torch.zeros((), dtype=torch.int64, device=step.t.device)}
+        )
+        record["step_size"] = step.alpha_t
+        record["update_rms"] = step.update_rms
+        if clip_threshold is not None:
+            record["clipped_steps"].add_(step.finite & (step.update_rms > clip_threshold))
 
     def _gather(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
         """The parameters to update, group by group, after checking every one of them, so that
@@ -236,6 +260,8 @@ class Adafactor(Optimizer):
             if result is not None:
                 state_dict = result
         id_map = self._check_loadable(state_dict)
+        # Options added in later versions take their defaults.
+        state_dict["param_groups"] = [{**self.defaults, **g} for g in state_dict["param_groups"]]
 
         hooks = self._optimizer_load_state_dict_pre_hooks
         self._optimizer_load_state_dict_pre_hooks = OrderedDict()
@@ -273,13 +299,13 @@ class Adafactor(Optimizer):
                     f"param_groups[{index}] has {len(saved['params'])} parameters in the state "
                     f"dict, {len(group['params'])} in this optimizer"
                 )
-            missing = sorted(set(self.defaults) - set(saved))
+            missing = sorted(CORE_OPTIONS - set(saved))
             if missing:
                 raise ValueError(
                     f"param_groups[{index}] of the state dict lacks the option(s) {missing}: it "
                     "was not saved by adafactor.Adafactor (convert a peer's state dict first)"
                 )
-            validate_options(saved, where=f"param_groups[{index}] of the state dict")
+            validate_options({**self.defaults, **saved}, where=f"param_groups[{index}] of the state dict")
         id_map = dict(
             zip(
                 chain.from_iterable(g["params"] for g in saved_groups),
@@ -290,7 +316,7 @@ class Adafactor(Optimizer):
             for p_index, (pid, p) in enumerate(zip(saved["params"], group["params"])):
                 if pid in state_dict["state"]:
                     what = _describe(group, g_index, p_index, p)
-                    _check_state(what, state_dict["state"][pid], self.layout(p, saved))
+                    _check_state(what, state_dict["state"][pid], self.layout(p, {**self.defaults, **saved}))
         unknown = set(state_dict["state"]) - set(id_map)
         if unknown:
             raise ValueError(f"the state dict has state for unknown parameter ids {sorted(unknown)}")
@@ -332,7 +358,7 @@ def validate_options(options: Mapping[str, Any], where: str = "Adafactor") -> No
         fail("weight_decay", "must be a finite number >= 0")
     if options["weight_decay_scale"] not in WEIGHT_DECAY_SCALES:
         fail("weight_decay_scale", f"must be one of {WEIGHT_DECAY_SCALES}")
-    for name in ("relative_step", "warmup_init", "scale_parameter", "factored", "maximize"):
+    for name in ("relative_step", "warmup_init", "scale_parameter", "factored", "maximize", "diagnostics"):
         if not isinstance(options[name], bool):
             fail(name, "must be True or False")
     if options["warmup_init"] and not options["relative_step"]:
