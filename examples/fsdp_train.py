@@ -73,9 +73,21 @@ def sharded_model_params(name: str) -> list[nn.Parameter]:
         start = min(rows, dist.get_rank() * per_rank)
         local_shape = (min(rows, start + per_rank) - start, *full.shape[1:])
         p = nn.Parameter(
-            DTensor.from_local(torch.randn(local_shape) * 0.02, mesh, [Shard(0)], shape=full.shape, stride=full.stride())
+            DTensor.from_local(
+                torch.randn(local_shape) * 0.02,
+                mesh,
+                [Shard(0)],
+                shape=full.shape,
+                stride=full.stride(),
+            )
         )
-        p.grad = DTensor.from_local(torch.randn(local_shape) * 1e-3, mesh, [Shard(0)], shape=full.shape, stride=full.stride())
+        p.grad = DTensor.from_local(
+            torch.randn(local_shape) * 1e-3,
+            mesh,
+            [Shard(0)],
+            shape=full.shape,
+            stride=full.stride(),
+        )
         params.append(p)
     return params
 
@@ -88,13 +100,17 @@ def report_communication(name: str) -> None:
         ("AdamW (foreach)", measure_step(lambda ps: torch.optim.AdamW(ps, foreach=True), params)),
     ]
     if dist.get_rank() == 0:
-        print(f"{name}: {len(params)} tensors, {n:,} parameters, Shard(0) over {dist.get_world_size()} ranks")
+        print(
+            f"{name}: {len(params)} tensors, {n:,} parameters, Shard(0) over {dist.get_world_size()} ranks"
+        )
         print("| optimizer | all-reduce calls per step | bytes per step | step time |")
         print("|---|---:|---:|---:|")
         for label, r in rows:
             print(f"| {label} | {r['calls']} | {r['bytes']:,} | {r['seconds'] * 1e3:.0f} ms |")
         gathered = 2 * 4 * n  # FSDP2's own all-gather + reduce-scatter of fp32 parameters per step
-        print(f"FSDP2 itself moves about {gathered:,} bytes per step (all-gather + reduce-scatter).")
+        print(
+            f"FSDP2 itself moves about {gathered:,} bytes per step (all-gather + reduce-scatter)."
+        )
 
 
 def train_small(steps: int, checkpoint: Path) -> None:
@@ -102,7 +118,13 @@ def train_small(steps: int, checkpoint: Path) -> None:
     vocab = sorted(set(text))
     ids = torch.tensor([vocab.index(ch) for ch in text])
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Embedding(len(vocab), 64), nn.Flatten(), nn.Linear(64 * 8, 256), nn.ReLU(), nn.Linear(256, len(vocab)))
+    model = nn.Sequential(
+        nn.Embedding(len(vocab), 64),
+        nn.Flatten(),
+        nn.Linear(64 * 8, 256),
+        nn.ReLU(),
+        nn.Linear(256, len(vocab)),
+    )
     fully_shard(model)
     optimizer = Adafactor(model.parameters())
     gen = torch.Generator().manual_seed(dist.get_rank())  # each rank its own batches
@@ -115,7 +137,9 @@ def train_small(steps: int, checkpoint: Path) -> None:
         with counting_collectives() as counts:
             optimizer.step()
         if dist.get_rank() == 0 and step % 20 == 0:
-            print(f"step {step:4d}  loss {loss.item():.3f}  optimizer all-reduces {counts['calls']}, {counts['bytes']} bytes")
+            print(
+                f"step {step:4d}  loss {loss.item():.3f}  optimizer all-reduces {counts['calls']}, {counts['bytes']} bytes"
+            )
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     partial = checkpoint.with_name(checkpoint.name + ".partial")
@@ -135,7 +159,9 @@ def train_small(steps: int, checkpoint: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=["small", *MODELS], default="small")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/fsdp_small"))

@@ -12,11 +12,15 @@ def wide_gradient(shape: tuple[int, ...], generator: torch.Generator, dtype=torc
     """Gradients spanning ~16 orders of magnitude across rows and columns, with zero rows."""
     g = torch.randn(shape, generator=generator, dtype=torch.float64)
     if len(shape) >= 1 and g.numel():
-        scale = 10.0 ** torch.empty(shape[0], dtype=torch.float64).uniform_(-8, 8, generator=generator)
+        scale = 10.0 ** torch.empty(shape[0], dtype=torch.float64).uniform_(
+            -8, 8, generator=generator
+        )
         g = g * scale.reshape((-1,) + (1,) * (len(shape) - 1))
         g[0] = 0.0  # an all-zero row, from the first step on
     if len(shape) >= 2 and g.numel():
-        scale = 10.0 ** torch.empty(shape[-1], dtype=torch.float64).uniform_(-4, 4, generator=generator)
+        scale = 10.0 ** torch.empty(shape[-1], dtype=torch.float64).uniform_(
+            -4, 4, generator=generator
+        )
         g = g * scale
     return g.to(dtype)
 

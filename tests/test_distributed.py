@@ -62,7 +62,9 @@ def full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def single_process(options: dict, steps: range, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def single_process(
+    options: dict, steps: range, model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     model = model or Net()
     train(model, Adafactor(model.parameters(), **options), steps)
     return {k: v.detach() for k, v in model.named_parameters()}
@@ -103,7 +105,10 @@ def tensor_parallel_columns_match(rank: int, tmp: Path) -> None:
     values = [torch.randn(s, generator=gen) for s in shapes]
     grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(STEPS)]
     for options in OPTIONS:
-        params = [nn.Parameter(distribute_tensor(v.clone(), mesh, pl)) for v, pl in zip(values, placements)]
+        params = [
+            nn.Parameter(distribute_tensor(v.clone(), mesh, pl))
+            for v, pl in zip(values, placements)
+        ]
         ref = [nn.Parameter(v.clone()) for v in values]
         opt, ref_opt = Adafactor(params, **options), Adafactor(ref, **options)
         for step_grads in grads:
@@ -232,9 +237,21 @@ def test_fsdp_example_runs_under_torchrun(tmp_path):
 
     example = Path(__file__).parents[1] / "examples" / "fsdp_train.py"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(example),
-         "--steps", "3", "--checkpoint", str(tmp_path / "ckpt")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            str(example),
+            "--steps",
+            "3",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "optimizer all-reduces 2" in result.stdout

@@ -65,7 +65,12 @@ def test_negative_decay_rate_hints_at_sign_convention():
 
 def test_complex_and_integer_params_are_refused():
     with pytest.raises(ValueError, match=r"params'\]\[1\].*complex"):
-        Adafactor([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))])
+        Adafactor(
+            [
+                torch.nn.Parameter(torch.ones(2)),
+                torch.nn.Parameter(torch.ones(2, dtype=torch.complex64)),
+            ]
+        )
     opt = Adafactor([torch.nn.Parameter(torch.ones(2))])
     with pytest.raises(ValueError, match="complex"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))]})
@@ -107,7 +112,9 @@ def make_trained(nonfinite_grad="skip", **kwargs):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-@pytest.mark.parametrize("kwargs", [{}, {"beta1": 0.9}, {"factored": False}, {"beta1": 0.9, "momentum": "gradient"}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"beta1": 0.9}, {"factored": False}, {"beta1": 0.9, "momentum": "gradient"}]
+)
 def test_nonfinite_gradient_is_skipped_and_counted(bad, kwargs):
     params, opt = make_trained(**kwargs)
     good_grad = torch.randn(4)
@@ -138,7 +145,10 @@ def test_nonfinite_gradient_can_raise_naming_the_parameter():
     params[0].grad = torch.randn(6, 5)
     params[1].grad = torch.tensor([1.0, float("nan"), 0.0, 0.0])
     snap = snapshot(opt, params)
-    with pytest.raises(ValueError, match=r"non-finite gradient in parameter \(param_groups\[0\]\['params'\]\[1\], shape \(4,\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"non-finite gradient in parameter \(param_groups\[0\]\['params'\]\[1\], shape \(4,\)\)",
+    ):
         opt.step()
     assert_unchanged(opt, params, snap)
 
@@ -162,7 +172,10 @@ def test_load_state_dict_mismatches_are_named_and_change_nothing():
 
     wrong_shape = copy.deepcopy(good)
     wrong_shape["state"][0]["exp_avg_sq_row"] = torch.zeros(7, 1)
-    with pytest.raises(ValueError, match=r"params'\]\[0\], shape \(6, 5\)\): state\['exp_avg_sq_row'\] has shape \(7, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"params'\]\[0\], shape \(6, 5\)\): state\['exp_avg_sq_row'\] has shape \(7, 1\)",
+    ):
         opt.load_state_dict(wrong_shape)
 
     missing_key = copy.deepcopy(good)
@@ -186,10 +199,30 @@ def test_load_state_dict_mismatches_are_named_and_change_nothing():
         opt.load_state_dict(bad_option)
 
     # A state dict from HF's Adafactor: other options, other state layout.
-    hf_like = {"state": {0: {"step": 3, "exp_avg_sq_row": torch.zeros(6), "exp_avg_sq_col": torch.zeros(5), "RMS": 1.0}},
-               "param_groups": [{"lr": None, "eps": (1e-30, 1e-3), "clip_threshold": 1.0, "decay_rate": -0.8,
-                                 "beta1": None, "weight_decay": 0.0, "scale_parameter": True,
-                                 "relative_step": True, "warmup_init": False, "params": [0, 1]}]}
+    hf_like = {
+        "state": {
+            0: {
+                "step": 3,
+                "exp_avg_sq_row": torch.zeros(6),
+                "exp_avg_sq_col": torch.zeros(5),
+                "RMS": 1.0,
+            }
+        },
+        "param_groups": [
+            {
+                "lr": None,
+                "eps": (1e-30, 1e-3),
+                "clip_threshold": 1.0,
+                "decay_rate": -0.8,
+                "beta1": None,
+                "weight_decay": 0.0,
+                "scale_parameter": True,
+                "relative_step": True,
+                "warmup_init": False,
+                "params": [0, 1],
+            }
+        ],
+    }
     with pytest.raises(ValueError, match="was not saved by adafactor.Adafactor"):
         opt.load_state_dict(hf_like)
 

@@ -5,7 +5,9 @@ from adafactor import Adafactor, adam_state_bytes, optimizer_state_bytes, state_
 
 def test_prediction_matches_the_state_actually_kept():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(300, 512), torch.nn.Conv2d(4, 8, 3), torch.nn.LayerNorm(7))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(300, 512), torch.nn.Conv2d(4, 8, 3), torch.nn.LayerNorm(7)
+    )
     for kwargs in ({}, {"beta1": 0.9}, {"factored": False}, {"factor_dims": "last"}):
         opt = Adafactor(model.parameters(), **kwargs)
         for p in model.parameters():

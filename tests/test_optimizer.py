@@ -14,9 +14,9 @@ from adafactor.reference import ReferenceAdafactor
 
 def make_model(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(12, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3)
-    ).to(dtype)
+    return torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3)).to(
+        dtype
+    )
 
 
 def batch(step, dtype=torch.float32):
@@ -51,12 +51,17 @@ def test_param_groups_have_their_own_options():
     a = torch.randn(8, 6, generator=gen, dtype=torch.float64)
     b = torch.randn(10, generator=gen, dtype=torch.float64)
     pa, pb = a.clone().requires_grad_(), b.clone().requires_grad_()
-    opt = Adafactor([{"params": [pa]}, {"params": [pb], "relative_step": False, "lr": 0.05,
-                                         "beta1": 0.9}], clip_threshold=None)
+    opt = Adafactor(
+        [{"params": [pa]}, {"params": [pb], "relative_step": False, "lr": 0.05, "beta1": 0.9}],
+        clip_threshold=None,
+    )
     ref_a = ReferenceAdafactor([a], clip_threshold=None)
     ref_b = ReferenceAdafactor([b], relative_step=False, lr=0.05, beta1=0.9, clip_threshold=None)
     for _ in range(5):
-        ga, gb = torch.randn(8, 6, generator=gen, dtype=torch.float64), torch.randn(10, generator=gen, dtype=torch.float64)
+        ga, gb = (
+            torch.randn(8, 6, generator=gen, dtype=torch.float64),
+            torch.randn(10, generator=gen, dtype=torch.float64),
+        )
         pa.grad, pb.grad = ga, gb
         opt.step()
         ref_a.step([ga])
@@ -187,7 +192,12 @@ def test_lr_schedulers_drive_the_step_and_lr_is_never_rewritten():
         # First step: U = sign(G) = 1, RMS(X) may be 0 -> alpha = max(eps2, RMS(X)) rho_t.
         rho = min(lr, 1 / math.sqrt(t))
         expected_alpha = max(1e-3, before.pow(2).mean().sqrt().item()) * rho
-        torch.testing.assert_close(before - p.detach(), torch.full((3,), expected_alpha, dtype=torch.float64), rtol=1e-12, atol=1e-300)
+        torch.testing.assert_close(
+            before - p.detach(),
+            torch.full((3,), expected_alpha, dtype=torch.float64),
+            rtol=1e-12,
+            atol=1e-300,
+        )
     assert lrs[0] == 0.0 and lrs[warmup] == pytest.approx(1e-2)
     # fairseq writes the computed step size back into group["lr"]; ours never does.
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * linear(total))
@@ -214,7 +224,9 @@ def test_dtypes_train_and_keep_state_in_float32_or_wider(dtype):
         assert p.dtype == dtype
         for key, value in opt.state[p].items():
             if key.startswith("exp_avg"):
-                assert value.dtype == (torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype)
+                assert value.dtype == (
+                    torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+                )
 
 
 def test_bf16_steps_are_as_large_as_fp32_steps():
@@ -259,14 +271,19 @@ def test_deepcopy_and_pickle():
     restored = pickle.loads(pickle.dumps(opt))
     assert isinstance(restored, Adafactor)
     assert {k: restored.defaults[k] for k in opt.defaults} == opt.defaults
-    for (_, s1), (_, s2) in zip(opt.state_dict()["state"].items(), restored.state_dict()["state"].items()):
+    for (_, s1), (_, s2) in zip(
+        opt.state_dict()["state"].items(), restored.state_dict()["state"].items()
+    ):
         for key in s1:
             assert torch.equal(s1[key], s2[key])
 
 
 def test_empty_scalar_and_vector_params():
-    params = [torch.nn.Parameter(torch.zeros(0, 5)), torch.nn.Parameter(torch.tensor(1.5)),
-              torch.nn.Parameter(torch.ones(7))]
+    params = [
+        torch.nn.Parameter(torch.zeros(0, 5)),
+        torch.nn.Parameter(torch.tensor(1.5)),
+        torch.nn.Parameter(torch.ones(7)),
+    ]
     opt = Adafactor(params)
     for p in params:
         p.grad = torch.ones_like(p)

@@ -64,12 +64,22 @@ def test_adam_configuration_matches_paper_algorithm_1():
     # correction, no clipping, absolute step, no parameter scaling.
     gen = torch.Generator().manual_seed(1)
     for factored in (False, True):
-        params = [torch.randn(9, 7, generator=gen, dtype=torch.float64),
-                  torch.randn(5, generator=gen, dtype=torch.float64)]
+        params = [
+            torch.randn(9, 7, generator=gen, dtype=torch.float64),
+            torch.randn(5, generator=gen, dtype=torch.float64),
+        ]
         ours = [p.clone().requires_grad_(True) for p in params]
-        opt = Adafactor(ours, lr=1e-3, beta1=0.9, beta2=0.999, momentum="gradient",
-                        clip_threshold=None, relative_step=False, scale_parameter=False,
-                        factored=factored)
+        opt = Adafactor(
+            ours,
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.999,
+            momentum="gradient",
+            clip_threshold=None,
+            relative_step=False,
+            scale_parameter=False,
+            factored=factored,
+        )
         ref = ReferenceAdam(params, lr=1e-3, betas=(0.9, 0.999), eps=0.0, factored=factored)
         for _ in range(100):
             grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
@@ -104,23 +114,33 @@ options = st.fixed_dictionaries(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shapes=st.lists(shapes, min_size=1, max_size=3), options=options,
-       seed=st.integers(0, 2**16), steps=st.integers(1, 6), warmup=st.booleans())
+@given(
+    shapes=st.lists(shapes, min_size=1, max_size=3),
+    options=options,
+    seed=st.integers(0, 2**16),
+    steps=st.integers(1, 6),
+    warmup=st.booleans(),
+)
 def test_property_float64_matches_reference(shapes, options, seed, steps, warmup):
     if warmup and options.get("relative_step", True):
         options["warmup_init"] = True
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
-    grads = [[wide_gradient(s, gen) if torch.rand((), generator=gen) < 0.9 else None
-              for s in shapes] for _ in range(steps)]
+    grads = [
+        [wide_gradient(s, gen) if torch.rand((), generator=gen) < 0.9 else None for s in shapes]
+        for _ in range(steps)
+    ]
     opt, ours, ref = run_side_by_side(params, grads, **options)
     for p, r in zip(ours, ref.params):
         torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12)
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple), options=options,
-       seed=st.integers(0, 2**16))
+@given(
+    shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple),
+    options=options,
+    seed=st.integers(0, 2**16),
+)
 def test_property_float32_matches_reference(shape, options, seed):
     # float32 math has a relative error of ~1e-6 per operation; over 3 steps of O(10)
     # operations the parameters agree to well within 1e-4 of the step taken.
@@ -146,8 +166,16 @@ def test_low_precision_params_match_reference_to_one_rounding(dtype):
     for _ in range(5):
         g = torch.randn(64, 48, generator=gen)
         ref = ReferenceAdafactor([p.detach()])
-        ref.second_moments[0].row = opt.state[p]["exp_avg_sq_row"].double().squeeze(1) * 48 if opt.state else ref.second_moments[0].row
-        ref.second_moments[0].col = opt.state[p]["exp_avg_sq_col"].double().squeeze(0) * 64 if opt.state else ref.second_moments[0].col
+        ref.second_moments[0].row = (
+            opt.state[p]["exp_avg_sq_row"].double().squeeze(1) * 48
+            if opt.state
+            else ref.second_moments[0].row
+        )
+        ref.second_moments[0].col = (
+            opt.state[p]["exp_avg_sq_col"].double().squeeze(0) * 64
+            if opt.state
+            else ref.second_moments[0].col
+        )
         ref.t[0] = int(opt.state[p]["step"]) if opt.state else 0
         p.grad = g.to(dtype)
         opt.step()

@@ -50,11 +50,15 @@ def test_second_moment_decay_picks_the_schedule():
 
 def test_relative_step_size_matches_paper():
     rho = relative_step_size(T, 1e-2, warmup_init=False)
-    expected = torch.tensor([min(1e-2, 1 / math.sqrt(t)) for t in range(1, 20001)], dtype=torch.float64)
+    expected = torch.tensor(
+        [min(1e-2, 1 / math.sqrt(t)) for t in range(1, 20001)], dtype=torch.float64
+    )
     torch.testing.assert_close(rho, expected, rtol=1e-15, atol=0)
     # The paper's warm-up variant min(1e-6 t, 1/sqrt(t)); the lr cap of 1e-2 never binds.
     rho = relative_step_size(T, 1e-2, warmup_init=True)
-    expected = torch.tensor([min(1e-6 * t, 1 / math.sqrt(t)) for t in range(1, 20001)], dtype=torch.float64)
+    expected = torch.tensor(
+        [min(1e-6 * t, 1 / math.sqrt(t)) for t in range(1, 20001)], dtype=torch.float64
+    )
     torch.testing.assert_close(rho, expected, rtol=1e-15, atol=0)
 
 

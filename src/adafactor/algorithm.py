@@ -101,14 +101,25 @@ CompleteSums = Callable[[Sequence[Partial]], None]
 """Completes partial sums in place (all-reduce); does nothing for whole tensors."""
 
 
+SQUARE_SCALE = 2.0**-32
+"""Values are scaled by this before squaring, so that sums of squares of float32 values up
+to ~1e28 stay finite (unscaled, ``Σ x²`` overflows float32 from ~1e19/√numel on)."""
+
+
+def scaled_square(x: Tensor) -> Tensor:
+    """``(x·2⁻³²)²``; sums of it are unscaled by ``SQUARE_SCALE⁻²`` where they are used."""
+    return (x * SQUARE_SCALE).square_()
+
+
 def decayed_mean(old: Tensor, mean: Tensor, beta2_t: Tensor, eps1: float) -> Tensor:
     """``β̂2_t·old + (1 − β̂2_t)·(mean + ε1)``: one step of a second-moment statistic."""
     return torch.lerp(old, mean + eps1, 1.0 - beta2_t)
 
 
-def parameter_scale(sum_sq_x: Tensor, numel: int, eps2: float) -> Tensor:
-    """``max(ε2, RMS(X))`` from ``Σ X²``: what makes the step size relative (Section 8)."""
-    return (sum_sq_x / max(numel, 1)).sqrt().clamp(min=eps2)
+def parameter_scale(scaled_sum_sq_x: Tensor, numel: int, eps2: float) -> Tensor:
+    """``max(ε2, RMS(X))`` from ``Σ scaled_square(X)``: what makes the step size relative
+    (Section 8)."""
+    return ((scaled_sum_sq_x / max(numel, 1)).sqrt() / SQUARE_SCALE).clamp(min=eps2)
 
 
 def clipping_divisor(sum_sq_u: Tensor, numel: int, clip_threshold: float | None) -> Tensor | float:
@@ -132,8 +143,9 @@ class ParamStep:
     either ``exp_avg_sq_row``/``exp_avg_sq_col`` or ``exp_avg_sq``, and ``exp_avg`` when
     ``hp.beta1`` is set.
 
-    A gradient with a NaN or Inf anywhere (found through ``Σ G²``) leaves the parameter and
-    its state untouched, the step uncounted, and adds one to ``nonfinite_skips``.
+    A gradient with a NaN or Inf anywhere, or so large that its square overflows the state's
+    dtype (|G| ≳ 1.8e19 in float32), leaves the parameter and its state untouched, the step
+    uncounted, and adds one to ``nonfinite_skips``.
 
     With ``hp.momentum == "step"`` (T5X, optax, HF) the momentum averages the steps
     ``α_t·Û_t``. With ``"gradient"`` it is Adam's bias-corrected average of the gradients,
@@ -167,75 +179,103 @@ class ParamStep:
         return self.grad.to(self.dtype)
 
     def local_sums(self) -> list[Partial]:
-        """Phase 1: ``Σ X²``, ``Σ G²`` and, when factored, G²'s row and column sums."""
-        x, g_sq = self.param.to(self.dtype), self._g().square()
-        self.sum_sq_x = x.square().sum()
+        """Phase 1: ``Σ X²``; when factored, G²'s row sums, column sums and total, and the
+        old R's sum over rows (all of squares scaled by ``SQUARE_SCALE²``)."""
+        self.sum_sq_x = scaled_square(self.param.to(self.dtype)).sum()
         sums = [Partial(self.sum_sq_x, self.key, self._all_dims())]
         if self.dims is not None:
             r, c = self.dims
+            g_sq = scaled_square(self._g())
             self.row_sq = g_sq.sum(dim=c, keepdim=True)
             self.col_sq = g_sq.sum(dim=r, keepdim=True)
-            self.sum_sq_g = self.row_sq.sum()
-            sums += [Partial(self.row_sq, self.key, (c,)), Partial(self.col_sq, self.key, (r,))]
-        else:
-            self.sum_sq_g = g_sq.sum()
-        return sums + [Partial(self.sum_sq_g, self.key, self._all_dims())]
+            self.total_sq = self.row_sq.sum(dim=r, keepdim=True)
+            self.old_row_mean = (self.state["exp_avg_sq_row"] / self.shape[r]).sum(
+                dim=r, keepdim=True
+            )
+            sums += [
+                Partial(self.row_sq, self.key, (c,)),
+                Partial(self.col_sq, self.key, (r,)),
+                Partial(self.total_sq, self.key, (r, c)),
+                Partial(self.old_row_mean, self.key, (r,)),
+            ]
+        return sums
 
     def _second_moment(self) -> dict[str, Tensor]:
         """The new statistics: ``R_t, C_t`` (small) or ``V̂_t`` (full size, so recomputed)."""
         if self.dims is None:
             g_sq = self._g().square()
-            return {"exp_avg_sq": decayed_mean(self.state["exp_avg_sq"], g_sq, self.beta2_t, self.hp.eps1)}
+            return {
+                "exp_avg_sq": decayed_mean(
+                    self.state["exp_avg_sq"], g_sq, self.beta2_t, self.hp.eps1
+                )
+            }
         return self.factored
 
     def _direction(self) -> Tensor:
-        """What is normalised: ``G_t``, or Adam's ``m_t`` (its bias correction is a scalar)."""
+        """What is normalised: ``G_t``, or Adam's ``m̂_t``."""
         if self.gradient_momentum:
-            return torch.lerp(self.state["exp_avg"], self._g(), 1.0 - self.hp.beta1)
+            m = torch.lerp(self.state["exp_avg"], self._g(), 1.0 - self.hp.beta1)
+            return m / (1.0 - self.hp.beta1**self.t)
         return self._g()
 
+    def _update(self) -> Tensor:
+        """``U_t = D_t / √V̂_t``, where the factored V̂ is applied as two broadcast factors."""
+        if self.dims is None:
+            return self._direction() * self._second_moment()["exp_avg_sq"].rsqrt()
+        return self._direction() * self.row_factor * self.col_factor
+
     def clipping_sums(self) -> list[Partial]:
-        """Phase 2: ``R_t, C_t`` from the complete sums, then ``Σ_r R_t`` (for mean_r(R_t)) and
-        ``Σ D²/(R_t·C_t)``, from which ``Σ U² = mean_r(R_t)·Σ D²/(R_t·C_t)``."""
-        self.finite = self.sum_sq_g.isfinite()
+        """Phase 2: ``R_t, C_t`` and mean_r(R_t) from the complete sums, then ``Σ U_t²`` and
+        the count of non-finite statistics (not zero when G held a NaN or an Inf, or G²
+        overflowed the state's dtype).
+
+        mean_r(R_t) comes from the sums of phase 1 (the decay is linear), so that ``U_t`` is
+        formed from factors of order one and ``Σ U_t²`` needs no further round."""
         self.alpha_t = self.rho_t
         if self.hp.scale_parameter:
             self.alpha_t = self.rho_t * parameter_scale(self.sum_sq_x, self.numel, self.hp.eps2)
-        d_sq = self._direction().square()
         if self.dims is None:
-            self.sum_d_sq_over_v = (d_sq / self._second_moment()["exp_avg_sq"]).sum()
-            return [Partial(self.sum_d_sq_over_v, self.key, self._all_dims())]
-        r, c = self.dims
-        row = decayed_mean(self.state["exp_avg_sq_row"], self.row_sq / self.shape[c], self.beta2_t, self.hp.eps1)
-        col = decayed_mean(self.state["exp_avg_sq_col"], self.col_sq / self.shape[r], self.beta2_t, self.hp.eps1)
-        self.factored = {"exp_avg_sq_row": row, "exp_avg_sq_col": col}
-        self.row_sum = row.sum(dim=r, keepdim=True)
-        self.sum_d_sq_over_v = (d_sq / row / col).sum(dim=(r, c), keepdim=True)
+            v = self._second_moment()["exp_avg_sq"]
+            self.nonfinite = v.isfinite().logical_not().sum(dtype=self.dtype)
+        else:
+            r, c = self.dims
+            n, m, unscale = self.shape[r], self.shape[c], SQUARE_SCALE**-2
+            row = decayed_mean(
+                self.state["exp_avg_sq_row"],
+                self.row_sq * (unscale / m),
+                self.beta2_t,
+                self.hp.eps1,
+            )
+            col = decayed_mean(
+                self.state["exp_avg_sq_col"],
+                self.col_sq * (unscale / n),
+                self.beta2_t,
+                self.hp.eps1,
+            )
+            row_mean = decayed_mean(
+                self.old_row_mean, self.total_sq * (unscale / (n * m)), self.beta2_t, self.hp.eps1
+            )
+            self.factored = {"exp_avg_sq_row": row, "exp_avg_sq_col": col}
+            self.row_factor, self.col_factor = factored_rsqrt(row, col, row_mean)
+            self.nonfinite = sum(
+                x.isfinite().logical_not().sum(dtype=self.dtype) for x in (row, col)
+            )
+        self.sum_sq_u = self._update().square_().sum()
         return [
-            Partial(self.row_sum, self.key, (r,)),
-            Partial(self.sum_d_sq_over_v, self.key, (r, c)),
+            Partial(self.nonfinite, self.key, self._all_dims()),
+            Partial(self.sum_sq_u, self.key, self._all_dims()),
         ]
 
     def apply(self) -> None:
         """Phase 3: clip, scale, add momentum and weight decay, and commit where finite."""
-        hp, finite = self.hp, self.finite
+        hp = self.hp
+        self.finite = finite = self.nonfinite == 0
         new_state = dict(self._second_moment())
-        direction = self._direction()
         if self.gradient_momentum:
-            new_state["exp_avg"] = direction
-            direction = direction / (1.0 - hp.beta1**self.t)
-        if self.dims is None:
-            sum_sq_u = self.sum_d_sq_over_v
-            update = direction * new_state["exp_avg_sq"].rsqrt()
-        else:
-            row_mean = self.row_sum / self.shape[self.dims[0]]
-            sum_sq_u = (row_mean * self.sum_d_sq_over_v).sum()
-            row_factor, col_factor = factored_rsqrt(*self.factored.values(), row_mean)
-            update = direction * row_factor * col_factor
-        if self.gradient_momentum:
-            sum_sq_u = sum_sq_u / (1.0 - hp.beta1**self.t) ** 2
-        self.update_rms = (sum_sq_u / max(self.numel, 1)).sqrt()
-        step = update * (self.alpha_t / clipping_divisor(sum_sq_u, self.numel, hp.clip_threshold))
+            new_state["exp_avg"] = torch.lerp(self.state["exp_avg"], self._g(), 1.0 - hp.beta1)
+        self.update_rms = (self.sum_sq_u / max(self.numel, 1)).sqrt()
+        divisor = clipping_divisor(self.sum_sq_u, self.numel, hp.clip_threshold)
+        step = self._update() * (self.alpha_t / divisor)
         if hp.beta1 is not None and hp.momentum == "step":
             new_state["exp_avg"] = step = torch.lerp(self.state["exp_avg"], step, 1.0 - hp.beta1)
         if hp.maximize:

@@ -29,7 +29,7 @@ from .algorithm import Partial
 from .factoring import StateSpec
 
 try:
-    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor import DTensor, Replicate
 except ImportError:  # a torch build without distributed support
     DTensor = None  # type: ignore[assignment,misc]
 
@@ -73,7 +73,10 @@ def zeros_like_state(param: Tensor, spec: StateSpec) -> Tensor:
     )
     zeros = torch.zeros(local_shape, dtype=spec.dtype, device=local(param).device)
     return DTensor.from_local(
-        zeros, param.device_mesh, placements, shape=torch.Size(spec.shape),
+        zeros,
+        param.device_mesh,
+        placements,
+        shape=torch.Size(spec.shape),
         stride=torch.empty(spec.shape, device="meta").stride(),
     )
 

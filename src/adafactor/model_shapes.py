@@ -10,7 +10,10 @@ def t5_small_like(device: str | torch.device = "meta") -> dict[str, Tensor]:
     """The 60.5M parameters of T5-small: d=512, d_ff=2048, 6+6 layers, 32128-token vocab."""
     d, ff, vocab, layers = 512, 2048, 32128, 6
     shapes: dict[str, tuple[int, ...]] = {"shared.weight": (vocab, d)}
-    for stack, attentions in (("encoder", ("SelfAttention",)), ("decoder", ("SelfAttention", "EncDecAttention"))):
+    for stack, attentions in (
+        ("encoder", ("SelfAttention",)),
+        ("decoder", ("SelfAttention", "EncDecAttention")),
+    ):
         for i in range(layers):
             for j, attention in enumerate(attentions):
                 for w in "qkvo":
@@ -31,12 +34,18 @@ def gpt2_small_like(device: str | torch.device = "meta") -> dict[str, Tensor]:
     shapes: dict[str, tuple[int, ...]] = {"wte.weight": (vocab, d), "wpe.weight": (positions, d)}
     for i in range(layers):
         block = {
-            "ln_1.weight": (d,), "ln_1.bias": (d,),
-            "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
-            "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
-            "ln_2.weight": (d,), "ln_2.bias": (d,),
-            "mlp.c_fc.weight": (d, 4 * d), "mlp.c_fc.bias": (4 * d,),
-            "mlp.c_proj.weight": (4 * d, d), "mlp.c_proj.bias": (d,),
+            "ln_1.weight": (d,),
+            "ln_1.bias": (d,),
+            "attn.c_attn.weight": (d, 3 * d),
+            "attn.c_attn.bias": (3 * d,),
+            "attn.c_proj.weight": (d, d),
+            "attn.c_proj.bias": (d,),
+            "ln_2.weight": (d,),
+            "ln_2.bias": (d,),
+            "mlp.c_fc.weight": (d, 4 * d),
+            "mlp.c_fc.bias": (4 * d,),
+            "mlp.c_proj.weight": (4 * d, d),
+            "mlp.c_proj.bias": (d,),
         }
         shapes.update({f"h.{i}.{k}": v for k, v in block.items()})
     shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,)})

@@ -30,7 +30,9 @@ from .algorithm import (
 from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
 from .factoring import FACTOR_RULES, FactorRule, StateSpec, factored_dims, state_layout
 
-CORE_OPTIONS = frozenset({"lr", "eps", "clip_threshold", "decay_rate", "beta1", "beta2", "relative_step"})
+CORE_OPTIONS = frozenset(
+    {"lr", "eps", "clip_threshold", "decay_rate", "beta1", "beta2", "relative_step"}
+)
 """Options every saved group of ours has; a group without them comes from another optimizer."""
 NonfiniteGrad = Literal["skip", "raise"]
 NONFINITE_POLICIES: tuple[str, ...] = ("skip", "raise")
@@ -190,11 +192,15 @@ class Adafactor(Optimizer):
             for p in params:
                 state = self.state[p]
                 if not state:
-                    state.update({k: zeros_like_state(p, s) for k, s in self.layout(p, group).items()})
+                    state.update(
+                        {k: zeros_like_state(p, s) for k, s in self.layout(p, group).items()}
+                    )
                 local_state = {k: local(v) for k, v in state.items()}
                 dims = _dims(p, group)
                 steps.append(ParamStep(local(p), local(p.grad), local_state, hp, dims, p.shape, p))
-            adafactor_group_step(steps, complete_sums if any(map(is_distributed, params)) else whole)
+            adafactor_group_step(
+                steps, complete_sums if any(map(is_distributed, params)) else whole
+            )
             if group["diagnostics"]:
                 for p, step in zip(params, steps):
                     self._record(p, step, group["clip_threshold"])
@@ -305,7 +311,9 @@ class Adafactor(Optimizer):
                     f"param_groups[{index}] of the state dict lacks the option(s) {missing}: it "
                     "was not saved by adafactor.Adafactor (convert a peer's state dict first)"
                 )
-            validate_options({**self.defaults, **saved}, where=f"param_groups[{index}] of the state dict")
+            validate_options(
+                {**self.defaults, **saved}, where=f"param_groups[{index}] of the state dict"
+            )
         id_map = dict(
             zip(
                 chain.from_iterable(g["params"] for g in saved_groups),
@@ -316,10 +324,14 @@ class Adafactor(Optimizer):
             for p_index, (pid, p) in enumerate(zip(saved["params"], group["params"])):
                 if pid in state_dict["state"]:
                     what = _describe(group, g_index, p_index, p)
-                    _check_state(what, state_dict["state"][pid], self.layout(p, {**self.defaults, **saved}))
+                    _check_state(
+                        what, state_dict["state"][pid], self.layout(p, {**self.defaults, **saved})
+                    )
         unknown = set(state_dict["state"]) - set(id_map)
         if unknown:
-            raise ValueError(f"the state dict has state for unknown parameter ids {sorted(unknown)}")
+            raise ValueError(
+                f"the state dict has state for unknown parameter ids {sorted(unknown)}"
+            )
         return id_map
 
 
@@ -358,7 +370,14 @@ def validate_options(options: Mapping[str, Any], where: str = "Adafactor") -> No
         fail("weight_decay", "must be a finite number >= 0")
     if options["weight_decay_scale"] not in WEIGHT_DECAY_SCALES:
         fail("weight_decay_scale", f"must be one of {WEIGHT_DECAY_SCALES}")
-    for name in ("relative_step", "warmup_init", "scale_parameter", "factored", "maximize", "diagnostics"):
+    for name in (
+        "relative_step",
+        "warmup_init",
+        "scale_parameter",
+        "factored",
+        "maximize",
+        "diagnostics",
+    ):
         if not isinstance(options[name], bool):
             fail(name, "must be True or False")
     if options["warmup_init"] and not options["relative_step"]:

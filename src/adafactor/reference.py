@@ -54,7 +54,9 @@ class _FactoredSecondMoment:
     def update(self, grad: Tensor, beta2: float, eps1: float) -> Tensor:
         g = grad.movedim(self.dims, (-2, -1))
         n, m = g.shape[-2], g.shape[-1]
-        sq = g * g + eps1 * torch.ones(n, 1, dtype=torch.float64) @ torch.ones(1, m, dtype=torch.float64)
+        sq = g * g + eps1 * torch.ones(n, 1, dtype=torch.float64) @ torch.ones(
+            1, m, dtype=torch.float64
+        )
         self.row = beta2 * self.row + (1 - beta2) * (sq @ torch.ones(m, dtype=torch.float64))
         self.col = beta2 * self.col + (1 - beta2) * (torch.ones(n, dtype=torch.float64) @ sq)
         total = self.row.sum(-1)[..., None, None]
@@ -174,8 +176,8 @@ class ReferenceAdafactor:
 class ReferenceAdam:
     """Algorithm 1 (Adam), with v optionally replaced by the factored estimate of Section 3::
 
-        m_t = β1·m_{t−1} + (1 − β1)·G_t,        v_t = β2·v_{t−1} + (1 − β2)·G_t²
-        m̂_t = m_t/(1 − β1^t),  v̂_t = v_t/(1 − β2^t),   X_t = X_{t−1} − α·m̂_t/(√v̂_t + ε)
+    m_t = β1·m_{t−1} + (1 − β1)·G_t,        v_t = β2·v_{t−1} + (1 − β2)·G_t²
+    m̂_t = m_t/(1 − β1^t),  v̂_t = v_t/(1 − β2^t),   X_t = X_{t−1} − α·m̂_t/(√v̂_t + ε)
     """
 
     def __init__(

@@ -98,7 +98,9 @@ def _train(
     )
 
 
-def run_demo(steps: int = 300, seed: int = 0, print_fn: Callable[[str], None] = print) -> list[DemoResult]:
+def run_demo(
+    steps: int = 300, seed: int = 0, print_fn: Callable[[str], None] = print
+) -> list[DemoResult]:
     """Train with Adafactor and with Adam; print and return a comparison table."""
     train_text = " ".join(en for en, _ in load_pairs("train"))
     dev_text = " ".join(en for en, _ in load_pairs("dev"))
