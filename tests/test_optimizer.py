@@ -320,3 +320,16 @@ def test_state_dict_from_before_an_option_existed_loads_with_defaults():
     restored.load_state_dict(saved)
     assert restored.param_groups[0]["weight_decay_scale"] == "rho"
     assert restored.param_groups[0]["diagnostics"] is False
+
+
+def test_params_on_different_devices_step_independently():
+    # Model-parallel layouts put parameters on several devices; each steps on its own. Here a
+    # meta-device parameter (shapes only) sits beside a CPU one.
+    cpu = torch.nn.Parameter(torch.ones(4, 3))
+    meta = torch.nn.Parameter(torch.ones(4, 3, device="meta"))
+    opt = Adafactor([cpu, meta])
+    cpu.grad = torch.ones(4, 3)
+    meta.grad = torch.ones(4, 3, device="meta")
+    opt.step()
+    assert opt.state[meta]["exp_avg_sq_row"].device.type == "meta"
+    torch.testing.assert_close(cpu.detach(), torch.full((4, 3), 1 - 1e-2))
