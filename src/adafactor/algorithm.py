@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -134,6 +134,114 @@ def factored_rsqrt(row: Tensor, col: Tensor, row_mean: Tensor) -> tuple[Tensor, 
     return (row / row_mean).rsqrt(), col.rsqrt()
 
 
+class UpdateInputs(NamedTuple):
+    """What ``U_t = D_t / √V̂_t`` reads besides ``G_t``: the direction ``D_t`` is ``G_t`` or,
+    with Adam-style momentum, ``m̂_t = lerp(m_{t−1}, G_t, 1 − β1)·bias_correction``; V̂ is
+    ``row_factor·col_factor`` (factored) or the decayed ``exp_avg_sq`` (full)."""
+
+    exp_avg: Tensor | None
+    exp_avg_sq: Tensor | None
+    row_factor: Tensor | None
+    col_factor: Tensor | None
+    beta1: float | None
+    bias_correction: Tensor | None
+    beta2_t: Tensor
+    eps1: float
+
+
+def normalized_update(grad: Tensor, u: UpdateInputs) -> Tensor:
+    """``U_t = D_t / √V̂_t`` on the full tensor."""
+    direction = grad
+    if u.bias_correction is not None:
+        direction = torch.lerp(u.exp_avg, grad, 1.0 - u.beta1) * u.bias_correction
+    if u.exp_avg_sq is not None:
+        return direction * decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1).rsqrt()
+    return direction * u.row_factor * u.col_factor
+
+
+# The three full-size passes of a step. Everything else in a step is O(n + m) per parameter;
+# ``fused.py`` compiles these same functions into loops that read each tensor once per pass.
+
+
+def square_sums(
+    x: Tensor, grad: Tensor, dims: tuple[int, int] | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Phase 1: ``Σ X²`` and G²'s sums over columns and over rows (squares scaled)."""
+    sum_sq_x = scaled_square(x).sum()
+    if dims is None:
+        return sum_sq_x, None, None
+    r, c = dims
+    g_sq = scaled_square(grad)
+    return sum_sq_x, g_sq.sum(dim=c, keepdim=True), g_sq.sum(dim=r, keepdim=True)
+
+
+def update_square_sum(grad: Tensor, u: UpdateInputs) -> tuple[Tensor, Tensor]:
+    """Phase 2: ``Σ U_t²``, and the count of non-finite entries of a full ``V̂_t``."""
+    sum_sq_u = normalized_update(grad, u).square().sum()
+    if u.exp_avg_sq is None:
+        return sum_sq_u, sum_sq_u.new_zeros(())
+    v = decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1)
+    return sum_sq_u, v.isfinite().logical_not().sum(dtype=sum_sq_u.dtype)
+
+
+def apply_update(
+    param: Tensor,
+    grad: Tensor,
+    u: UpdateInputs,
+    step_scale: Tensor,
+    decay: Tensor,
+    finite: Tensor,
+    step_momentum: bool,
+    maximize: bool,
+) -> None:
+    """Phase 3, in place: ``X ← X − step − decay·X`` with ``step = step_scale·U_t`` (or its
+    momentum average), and the full-size state, all only where ``finite``."""
+    x = param.to(u.beta2_t.dtype)
+    step = normalized_update(grad, u) * step_scale
+    if u.bias_correction is not None:
+        m = torch.lerp(u.exp_avg, grad, 1.0 - u.beta1)
+        torch.where(finite, m, u.exp_avg, out=u.exp_avg)
+    if step_momentum:
+        step = torch.lerp(u.exp_avg, step, 1.0 - u.beta1)
+        torch.where(finite, step, u.exp_avg, out=u.exp_avg)
+    if u.exp_avg_sq is not None:
+        v = decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1)
+        torch.where(finite, v, u.exp_avg_sq, out=u.exp_avg_sq)
+    if maximize:
+        step = -step
+    param.copy_(torch.where(finite, x - step - decay * x, x))
+
+
+class Kernels(NamedTuple):
+    """The full-size passes a step runs: these functions as they are, or compiled."""
+
+    square_sums: Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] = square_sums
+    update_square_sum: Callable[..., tuple[Tensor, Tensor]] = update_square_sum
+    apply_update: Callable[..., None] = apply_update
+
+
+EAGER = Kernels()
+
+
+CANONICAL_DIMS = (1, 3)
+COUNTERS = ("step", "nonfinite_skips")
+
+
+def canonical(tensor: Tensor, dims: tuple[int, int] | None) -> Tensor:
+    """``tensor`` viewed as ``(A, n, B, m, C)`` with the factored dims ``(r, c)`` at 1 and 3
+    and the others merged around them, or flat when not factored; a view, never a copy."""
+    if dims is None:
+        return tensor.view(-1)
+    r, c, shape = *dims, tensor.shape
+    return tensor.view(
+        math.prod(shape[:r]),
+        shape[r],
+        math.prod(shape[r + 1 : c]),
+        shape[c],
+        math.prod(shape[c + 1 :]),
+    )
+
+
 class ParamStep:
     """One parameter's step, carried through the phases (see the module docstring).
 
@@ -161,16 +269,25 @@ class ParamStep:
         dims: tuple[int, int] | None,
         shape: Sequence[int],
         key: Tensor | None = None,
+        kernels: Kernels = EAGER,
     ) -> None:
-        self.param, self.grad, self.state, self.hp, self.dims = param, grad, state, hp, dims
+        self.hp, self.dims = hp, dims
         self.key = param if key is None else key
+        # Every tensor is seen as (A, n, B, m, C), factored over dims 1 and 3, or flat: two
+        # shapes of kernel, whatever the parameters' ranks.
+        self.whole_param = param
+        self.param = canonical(param if param.is_contiguous() else param.contiguous(), dims)
+        self.grad = canonical(grad.contiguous(), dims)
+        self.state = {k: v if k in COUNTERS else canonical(v, dims) for k, v in state.items()}
+        self.kernels = kernels
         self.shape = tuple(shape)
         self.numel = math.prod(self.shape)
         self.dtype = state_dtype(param.dtype)
         self.t = state["step"].to(self.dtype) + 1.0
         self.beta2_t = second_moment_decay(self.t, hp.decay_rate, hp.beta2)
         self.rho_t = step_size(self.t, hp.lr, hp.relative_step, hp.warmup_init)
-        self.gradient_momentum = hp.beta1 is not None and hp.momentum == "gradient"
+        gradient_momentum = hp.beta1 is not None and hp.momentum == "gradient"
+        self.bias_correction = 1.0 / (1.0 - hp.beta1**self.t) if gradient_momentum else None
 
     def _all_dims(self) -> tuple[int, ...]:
         return tuple(range(len(self.shape)))
@@ -178,20 +295,32 @@ class ParamStep:
     def _g(self) -> Tensor:
         return self.grad.to(self.dtype)
 
+    def _update_inputs(self) -> UpdateInputs:
+        return UpdateInputs(
+            exp_avg=self.state.get("exp_avg"),
+            exp_avg_sq=self.state.get("exp_avg_sq"),
+            row_factor=getattr(self, "row_factor", None),
+            col_factor=getattr(self, "col_factor", None),
+            beta1=self.hp.beta1,
+            bias_correction=self.bias_correction,
+            beta2_t=self.beta2_t,
+            eps1=self.hp.eps1,
+        )
+
     def local_sums(self) -> list[Partial]:
         """Phase 1: ``Σ X²``; when factored, G²'s row sums, column sums and total, and the
         old R's sum over rows (all of squares scaled by ``SQUARE_SCALE²``)."""
-        self.sum_sq_x = scaled_square(self.param.to(self.dtype)).sum()
+        factored = self.dims is not None
+        self.sum_sq_x, self.row_sq, col_sq = self.kernels.square_sums(
+            self.param.to(self.dtype), self._g(), CANONICAL_DIMS if factored else None
+        )
         sums = [Partial(self.sum_sq_x, self.key, self._all_dims())]
-        if self.dims is not None:
+        if factored:
             r, c = self.dims
-            g_sq = scaled_square(self._g())
-            self.row_sq = g_sq.sum(dim=c, keepdim=True)
-            self.col_sq = g_sq.sum(dim=r, keepdim=True)
-            self.total_sq = self.row_sq.sum(dim=r, keepdim=True)
-            self.old_row_mean = (self.state["exp_avg_sq_row"] / self.shape[r]).sum(
-                dim=r, keepdim=True
-            )
+            self.col_sq = col_sq
+            self.total_sq = self.row_sq.sum(dim=1, keepdim=True)
+            old_row = self.state["exp_avg_sq_row"]
+            self.old_row_mean = (old_row / self.shape[r]).sum(dim=1, keepdim=True)
             sums += [
                 Partial(self.row_sq, self.key, (c,)),
                 Partial(self.col_sq, self.key, (r,)),
@@ -200,30 +329,6 @@ class ParamStep:
             ]
         return sums
 
-    def _second_moment(self) -> dict[str, Tensor]:
-        """The new statistics: ``R_t, C_t`` (small) or ``V̂_t`` (full size, so recomputed)."""
-        if self.dims is None:
-            g_sq = self._g().square()
-            return {
-                "exp_avg_sq": decayed_mean(
-                    self.state["exp_avg_sq"], g_sq, self.beta2_t, self.hp.eps1
-                )
-            }
-        return self.factored
-
-    def _direction(self) -> Tensor:
-        """What is normalised: ``G_t``, or Adam's ``m̂_t``."""
-        if self.gradient_momentum:
-            m = torch.lerp(self.state["exp_avg"], self._g(), 1.0 - self.hp.beta1)
-            return m / (1.0 - self.hp.beta1**self.t)
-        return self._g()
-
-    def _update(self) -> Tensor:
-        """``U_t = D_t / √V̂_t``, where the factored V̂ is applied as two broadcast factors."""
-        if self.dims is None:
-            return self._direction() * self._second_moment()["exp_avg_sq"].rsqrt()
-        return self._direction() * self.row_factor * self.col_factor
-
     def clipping_sums(self) -> list[Partial]:
         """Phase 2: ``R_t, C_t`` and mean_r(R_t) from the complete sums, then ``Σ U_t²`` and
         the count of non-finite statistics (not zero when G held a NaN or an Inf, or G²
@@ -231,36 +336,28 @@ class ParamStep:
 
         mean_r(R_t) comes from the sums of phase 1 (the decay is linear), so that ``U_t`` is
         formed from factors of order one and ``Σ U_t²`` needs no further round."""
+        hp = self.hp
         self.alpha_t = self.rho_t
-        if self.hp.scale_parameter:
-            self.alpha_t = self.rho_t * parameter_scale(self.sum_sq_x, self.numel, self.hp.eps2)
-        if self.dims is None:
-            v = self._second_moment()["exp_avg_sq"]
-            self.nonfinite = v.isfinite().logical_not().sum(dtype=self.dtype)
-        else:
+        if hp.scale_parameter:
+            self.alpha_t = self.rho_t * parameter_scale(self.sum_sq_x, self.numel, hp.eps2)
+        nonfinite = []
+        if self.dims is not None:
             r, c = self.dims
             n, m, unscale = self.shape[r], self.shape[c], SQUARE_SCALE**-2
-            row = decayed_mean(
-                self.state["exp_avg_sq_row"],
-                self.row_sq * (unscale / m),
-                self.beta2_t,
-                self.hp.eps1,
-            )
-            col = decayed_mean(
-                self.state["exp_avg_sq_col"],
-                self.col_sq * (unscale / n),
-                self.beta2_t,
-                self.hp.eps1,
-            )
-            row_mean = decayed_mean(
-                self.old_row_mean, self.total_sq * (unscale / (n * m)), self.beta2_t, self.hp.eps1
-            )
-            self.factored = {"exp_avg_sq_row": row, "exp_avg_sq_col": col}
-            self.row_factor, self.col_factor = factored_rsqrt(row, col, row_mean)
-            self.nonfinite = sum(
-                x.isfinite().logical_not().sum(dtype=self.dtype) for x in (row, col)
-            )
-        self.sum_sq_u = self._update().square_().sum()
+            row_mean = unscale / m * self.row_sq
+            col_mean = unscale / n * self.col_sq
+            total_mean = unscale / (n * m) * self.total_sq
+            self.row = decayed_mean(self.state["exp_avg_sq_row"], row_mean, self.beta2_t, hp.eps1)
+            self.col = decayed_mean(self.state["exp_avg_sq_col"], col_mean, self.beta2_t, hp.eps1)
+            mean_r = decayed_mean(self.old_row_mean, total_mean, self.beta2_t, hp.eps1)
+            self.row_factor, self.col_factor = factored_rsqrt(self.row, self.col, mean_r)
+            nonfinite = [
+                x.isfinite().logical_not().sum(dtype=self.dtype) for x in (self.row, self.col)
+            ]
+        self.sum_sq_u, nonfinite_v = self.kernels.update_square_sum(
+            self._g(), self._update_inputs()
+        )
+        self.nonfinite = sum(nonfinite, nonfinite_v)
         return [
             Partial(self.nonfinite, self.key, self._all_dims()),
             Partial(self.sum_sq_u, self.key, self._all_dims()),
@@ -270,26 +367,31 @@ class ParamStep:
         """Phase 3: clip, scale, add momentum and weight decay, and commit where finite."""
         hp = self.hp
         self.finite = finite = self.nonfinite == 0
-        new_state = dict(self._second_moment())
-        if self.gradient_momentum:
-            new_state["exp_avg"] = torch.lerp(self.state["exp_avg"], self._g(), 1.0 - hp.beta1)
         self.update_rms = (self.sum_sq_u / max(self.numel, 1)).sqrt()
-        divisor = clipping_divisor(self.sum_sq_u, self.numel, hp.clip_threshold)
-        step = self._update() * (self.alpha_t / divisor)
-        if hp.beta1 is not None and hp.momentum == "step":
-            new_state["exp_avg"] = step = torch.lerp(self.state["exp_avg"], step, 1.0 - hp.beta1)
-        if hp.maximize:
-            step = -step
-        x = self.param.to(self.dtype)
-        if hp.weight_decay != 0.0:
-            scale = {"rho": self.rho_t, "alpha": self.alpha_t, "lr": hp.lr, "none": 1.0}
-            step = step + (hp.weight_decay * scale[hp.weight_decay_scale]) * x
-
-        for key, value in new_state.items():
-            torch.where(finite, value, self.state[key], out=self.state[key])
+        step_scale = self.alpha_t / clipping_divisor(self.sum_sq_u, self.numel, hp.clip_threshold)
+        decay_scale = {"rho": self.rho_t, "alpha": self.alpha_t, "lr": hp.lr, "none": 1.0}
+        decay = self.t.new_tensor(0.0) + hp.weight_decay * decay_scale[hp.weight_decay_scale]
+        self.kernels.apply_update(
+            self.param,
+            self._g(),
+            self._update_inputs(),
+            step_scale,
+            decay,
+            finite,
+            hp.beta1 is not None and hp.momentum == "step",
+            hp.maximize,
+        )
+        if self.dims is not None:
+            torch.where(
+                finite, self.row, self.state["exp_avg_sq_row"], out=self.state["exp_avg_sq_row"]
+            )
+            torch.where(
+                finite, self.col, self.state["exp_avg_sq_col"], out=self.state["exp_avg_sq_col"]
+            )
         self.state["step"].add_(finite)
         self.state["nonfinite_skips"].add_(finite.logical_not())
-        self.param.copy_(torch.where(finite, x - step, x))
+        if not self.whole_param.is_contiguous():
+            self.whole_param.copy_(self.param.view(self.whole_param.shape))
 
 
 def adafactor_group_step(steps: Sequence[ParamStep], complete: CompleteSums) -> None:

@@ -1,0 +1,102 @@
+"""The fast path: the step's full-size passes (``algorithm.Kernels``) compiled by
+``torch.compile``, so that each pass reads every tensor once, in one generated loop, with no
+full-size temporaries.
+
+The compiled functions are the same ones the eager path runs, so the math exists once. The
+per-step scalars (β̂2_t, ρ_t, α_t, the clipping divisor) enter as 0-d tensors and shapes become
+dynamic after the second one seen, so training neither recompiles every step nor once per
+parameter shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .algorithm import EAGER, Kernels
+
+AUTO_MIN_NUMEL = 1 << 20
+"""With ``fused=None``, a group is compiled once it holds this many elements: below it the
+first step's compile time (seconds) costs more than the eager path over a typical run."""
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether ``torch.compile`` can generate kernels for ``device`` here: Triton on CUDA, a
+    C++ compiler on CPU."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    if device.type == "cpu":
+        return any(shutil.which(cxx) for cxx in (os.environ.get("CXX", "g++"), "c++", "clang++"))
+    return False
+
+
+def use_fused(setting: bool | None, params: Iterable[Tensor]) -> bool:
+    """Resolve a group's ``fused`` option: as given, or (``None``) when it pays and works."""
+    if setting is not None:
+        return setting
+    params = list(params)
+    if not params or sum(p.numel() for p in params) < AUTO_MIN_NUMEL:
+        return False
+    return all(can_compile(p.device) for p in params)
+
+
+def _falling_back(compiled: Callable[..., Any], eager: Callable[..., Any]) -> Callable[..., Any]:
+    """``compiled``, or ``eager`` for good once compiling fails (before anything ran)."""
+    failed = False
+
+    def run(*args: Any) -> Any:
+        nonlocal failed
+        if not failed:
+            try:
+                return compiled(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as error:
+                failed = True
+                warnings.warn(f"adafactor: compiling the step failed, running eager: {error}")
+        return eager(*args)
+
+    return run
+
+
+RECOMPILE_LIMIT = 64
+"""Compiled variants kept per kernel: one per kind of parameter (factored or not) and option
+set (momentum, maximize) in use, which can be more than torch's default of 8 in one process."""
+
+
+def _compiled(kernel: Callable[..., Any]) -> Callable[..., Any]:
+    compiled = torch.compile(kernel, fullgraph=True, dynamic=True)
+
+    @functools.wraps(kernel)
+    def run(*args: Any) -> Any:
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return compiled(*args)
+
+    return run
+
+
+@functools.cache
+def compiled_kernels(fall_back: bool) -> Kernels:
+    """``Kernels`` compiled with ``torch.compile(fullgraph=True, dynamic=True)``, built once
+    per process; with ``fall_back``, each runs eagerly if its compilation fails."""
+    kernels = Kernels(*(_compiled(k) for k in EAGER))
+    if fall_back:
+        kernels = Kernels(*(_falling_back(c, e) for c, e in zip(kernels, EAGER)))
+    return kernels
+
+
+def kernels_for(setting: bool | None, params: Iterable[Tensor]) -> Kernels:
+    """The kernels a group steps with under its ``fused`` option."""
+    params = list(params)
+    if not use_fused(setting, params):
+        return EAGER
+    return compiled_kernels(fall_back=setting is None)

@@ -1,0 +1,66 @@
+"""The compiled fast path (``fused=True``): same results as the eager path, no host syncs."""
+
+import pytest
+import torch
+
+from adafactor import Adafactor
+
+OPTIONS = [
+    {"beta1": 0.9, "momentum": "gradient", "weight_decay": 0.1},
+    {"beta1": 0.9, "maximize": True, "clip_threshold": 0.5},
+]
+
+
+def params_and_grads(seed):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(64, 48), (48,), (4, 16, 24)]
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
+    grads[2][0][3, 5] = float("nan")  # one poisoned step for the matrix
+    return params, grads
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_fused_matches_eager(options):
+    params, grads = params_and_grads(0)
+    runs = {}
+    for fused in (False, True):
+        ps = [torch.nn.Parameter(p.clone()) for p in params]
+        opt = Adafactor(ps, fused=fused, **options)
+        for step_grads in grads:
+            for p, g in zip(ps, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        runs[fused] = (ps, opt)
+    (eager, eager_opt), (fused, fused_opt) = runs[False], runs[True]
+    for p, q in zip(eager, fused):
+        # Same float32 math, evaluated in another order by the generated loops: ulps apart.
+        torch.testing.assert_close(q.detach(), p.detach(), rtol=1e-5, atol=1e-7)
+        for key, value in eager_opt.state[p].items():
+            # Averages that cancel to near zero keep the absolute, not relative, round-off.
+            scale = value.abs().max().item() if value.is_floating_point() else 0
+            torch.testing.assert_close(fused_opt.state[q][key], value, rtol=1e-5, atol=1e-6 * scale)
+    assert int(fused_opt.state[fused[0]]["nonfinite_skips"]) == 1
+    assert int(fused_opt.state[fused[0]]["step"]) == 3
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_step_makes_no_host_sync(monkeypatch, fused):
+    params, grads = params_and_grads(1)
+    ps = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = Adafactor(ps, fused=fused, beta1=0.9, diagnostics=True)
+    for step_grads in grads[:2]:  # compile (and settle dynamic shapes) outside the watch
+        for p, g in zip(ps, step_grads):
+            p.grad = g.clone()
+        opt.step()
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync inside step()")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    for p, g in zip(ps, grads[3]):
+        p.grad = g.clone()
+    opt.step()
+    monkeypatch.undo()
+    assert int(opt.state[ps[0]]["step"]) == 3
