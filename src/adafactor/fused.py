@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .algorithm import EAGER, Kernels
 
-AUTO_MIN_NUMEL = 1 << 20
+AUTO_MIN_NUMEL = 1 << 22
 """With ``fused=None``, a group is compiled once it holds this many elements: below it the
 first step's compile time (seconds) costs more than the eager path over a typical run."""
 
