@@ -228,3 +228,13 @@ def test_load_state_dict_mismatches_are_named_and_change_nothing():
 
     assert_unchanged(opt, params, snap)
     opt.load_state_dict(good)  # and the good one still loads
+
+
+def test_options_changed_after_construction_are_checked_at_step():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = Adafactor([p])
+    p.grad = torch.ones(3)
+    opt.param_groups[0]["clip_threshold"] = -1.0
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: clip_threshold=-1.0"):
+        opt.step()
+    assert not opt.state

@@ -68,17 +68,30 @@ def state_bytes(
     return StateBytes(adafactor=adafactor, adam=adam_state_bytes(params))
 
 
-def memory_table(params: Iterable[Tensor]) -> str:
-    """A markdown table of optimizer-state bytes: Adam/AdamW against Adafactor's settings."""
+def memory_rows(params: Iterable[Tensor]) -> list[tuple[str, int]]:
+    """``(setting, state bytes)`` for Adam/AdamW and Adafactor's settings, Adam first.
+
+    The bfloat16-momentum row is computed arithmetically (``Adafactor`` keeps momentum in
+    float32): the defaults' state plus 2 bytes per parameter element.
+    """
     params = list(params)
-    n = sum(p.numel() for p in params)
-    adam = adam_state_bytes(params)
-    rows = [
-        ("Adam / AdamW (m and v)", adam),
-        ("Adafactor, defaults (no momentum)", state_bytes(params).adafactor),
+    defaults = state_bytes(params).adafactor
+    return [
+        ("Adam / AdamW (m and v)", adam_state_bytes(params)),
+        ("Adafactor, defaults (no momentum)", defaults),
         ("Adafactor, beta1=0.9", state_bytes(params, beta1=0.9).adafactor),
+        ("Adafactor, beta1=0.9, bf16 momentum", defaults + 2 * sum(p.numel() for p in params)),
         ("Adafactor, factored=False", state_bytes(params, factored=False).adafactor),
     ]
+
+
+def memory_table(params: Iterable[Tensor]) -> str:
+    """A markdown table of optimizer-state bytes: Adam/AdamW against Adafactor's settings, with
+    what each setting saves against Adam."""
+    params = list(params)
+    n = sum(p.numel() for p in params)
+    rows = memory_rows(params)
+    adam = rows[0][1]
     lines = [
         f"{len(params)} tensors, {n:,} parameters",
         "",
@@ -86,7 +99,69 @@ def memory_table(params: Iterable[Tensor]) -> str:
         "|---|---:|---:|",
     ]
     lines += [f"| {name} | {_mib(b)} | {b / adam:.2%} |" for name, b in rows]
+    lines += ["", "Saved against Adam / AdamW:"]
+    lines += [f"  {name}: {_mib(adam - b)}" for name, b in rows[1:]]
     return "\n".join(lines)
+
+
+def model_parameters(spec: str) -> list[Tensor]:
+    """The parameters of a model named by ``spec``, on the meta device where it is built here.
+
+    ``spec`` is one of ``model_shapes.MODELS`` (``t5-small``, ``gpt2-small``); a transformers
+    config class name (``T5Config``, ``GPT2Config``, …), whose default configuration is built
+    with ``AutoModel.from_config`` on the meta device (nothing is downloaded); or an import
+    path ``module:callable`` whose callable returns an ``nn.Module``, a mapping of tensors or
+    an iterable of tensors (called under ``torch.device("meta")``, so modules it builds
+    allocate nothing).
+
+    Raises:
+        ValueError: ``spec`` names nothing of the kind (the message says which form failed).
+    """
+    from .model_shapes import MODELS
+
+    if spec in MODELS:
+        return list(MODELS[spec]().values())
+    if ":" in spec:
+        return _from_import_path(spec)
+    if spec.endswith("Config"):
+        return _from_transformers_config(spec)
+    raise ValueError(
+        f"unknown model {spec!r}: use one of {sorted(MODELS)}, a transformers config class name "
+        "such as T5Config, or an import path module:callable"
+    )
+
+
+def _from_import_path(spec: str) -> list[Tensor]:
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot import {spec!r}: {error}") from None
+    with torch.device("meta"):  # nothing is allocated
+        made = target() if callable(target) else target
+    if isinstance(made, torch.nn.Module):
+        return list(made.parameters())
+    if isinstance(made, dict):
+        made = made.values()
+    values = list(made) if isinstance(made, Iterable) else [made]
+    if not values or not all(isinstance(v, Tensor) for v in values):
+        raise ValueError(f"{spec!r} gave neither an nn.Module nor tensors")
+    return values
+
+
+def _from_transformers_config(name: str) -> list[Tensor]:
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError(f"{name!r} needs transformers (pip install transformers)") from None
+    config_class = getattr(transformers, name, None)
+    if config_class is None:
+        raise ValueError(f"transformers has no config class {name!r}")
+    with torch.device("meta"):
+        model = transformers.AutoModel.from_config(config_class())
+    return list(model.parameters())
 
 
 def _mib(nbytes: int) -> str:

@@ -153,6 +153,15 @@ class Adafactor(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("diagnostics", {})
 
+    @classmethod
+    def like(cls, peer: str, params: ParamsT, **peer_kwargs: Any) -> Adafactor:
+        """An ``Adafactor`` that takes ``peer``'s constructor arguments (``"hf"``,
+        ``"torch"``, ``"timm"``, ``"big_vision"``, ``"optax"``) and follows its trajectory;
+        see ``adafactor.presets.like``."""
+        from .presets import like
+
+        return like(peer, params, **peer_kwargs)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its options are validated, and its parameters must be real tensors."""
         if isinstance(param_group.get("eps"), list):
@@ -232,6 +241,8 @@ class Adafactor(Optimizer):
         work = []
         raising = []
         for g_index, group in enumerate(self.param_groups):
+            # Options can change after construction (schedulers write into groups).
+            validate_options(group, where=f"param_groups[{g_index}]")
             params = []
             for p_index, p in enumerate(group["params"]):
                 if p.grad is None:
