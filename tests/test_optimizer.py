@@ -203,7 +203,10 @@ def test_lr_schedulers_drive_the_step_and_lr_is_never_rewritten():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * linear(total))
     for scheduler_cls, kwargs in [
         (torch.optim.lr_scheduler.CosineAnnealingLR, {"T_max": 10}),
-        (torch.optim.lr_scheduler.OneCycleLR, {"max_lr": 1e-2, "total_steps": 10}),
+        (
+            torch.optim.lr_scheduler.OneCycleLR,
+            {"max_lr": 1e-2, "total_steps": 10, "cycle_momentum": False},
+        ),
         (torch.optim.lr_scheduler.StepLR, {"step_size": 2}),
     ]:
         model = make_model()

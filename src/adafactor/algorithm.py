@@ -60,6 +60,7 @@ class Hyperparameters:
     momentum: Momentum
     weight_decay: float
     weight_decay_scale: WeightDecayScale
+    stochastic_rounding: bool
     relative_step: bool
     warmup_init: bool
     scale_parameter: bool
@@ -80,6 +81,7 @@ class Hyperparameters:
             momentum=group["momentum"],
             weight_decay=group["weight_decay"],
             weight_decay_scale=group["weight_decay_scale"],
+            stochastic_rounding=group["stochastic_rounding"],
             relative_step=group["relative_step"],
             warmup_init=group["warmup_init"],
             scale_parameter=group["scale_parameter"],
@@ -153,7 +155,7 @@ def normalized_update(grad: Tensor, u: UpdateInputs) -> Tensor:
     """``U_t = D_t / √V̂_t`` on the full tensor."""
     direction = grad
     if u.bias_correction is not None:
-        direction = torch.lerp(u.exp_avg, grad, 1.0 - u.beta1) * u.bias_correction
+        direction = torch.lerp(u.exp_avg.to(grad.dtype), grad, 1.0 - u.beta1) * u.bias_correction
     if u.exp_avg_sq is not None:
         return direction * decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1).rsqrt()
     return direction * u.row_factor * u.col_factor
@@ -193,23 +195,44 @@ def apply_update(
     finite: Tensor,
     step_momentum: bool,
     maximize: bool,
+    stochastic_rounding: bool,
 ) -> None:
     """Phase 3, in place: ``X ← X − step − decay·X`` with ``step = step_scale·U_t`` (or its
-    momentum average), and the full-size state, all only where ``finite``."""
+    momentum average), and the full-size state, all only where ``finite``; a bfloat16 ``X``
+    rounded stochastically if asked."""
     x = param.to(u.beta2_t.dtype)
     step = normalized_update(grad, u) * step_scale
     if u.bias_correction is not None:
-        m = torch.lerp(u.exp_avg, grad, 1.0 - u.beta1)
-        torch.where(finite, m, u.exp_avg, out=u.exp_avg)
+        commit(finite, torch.lerp(u.exp_avg.to(grad.dtype), grad, 1.0 - u.beta1), u.exp_avg)
     if step_momentum:
-        step = torch.lerp(u.exp_avg, step, 1.0 - u.beta1)
-        torch.where(finite, step, u.exp_avg, out=u.exp_avg)
+        step = torch.lerp(u.exp_avg.to(step.dtype), step, 1.0 - u.beta1)
+        commit(finite, step, u.exp_avg)
     if u.exp_avg_sq is not None:
-        v = decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1)
-        torch.where(finite, v, u.exp_avg_sq, out=u.exp_avg_sq)
+        commit(finite, decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1), u.exp_avg_sq)
     if maximize:
         step = -step
-    param.copy_(torch.where(finite, x - step - decay * x, x))
+    x = torch.where(finite, x - step - decay * x, x)
+    if stochastic_rounding and param.dtype == torch.bfloat16:
+        x = stochastic_round_to_bfloat16(x)
+    param.copy_(x)
+
+
+def commit(finite: Tensor, new: Tensor, state: Tensor) -> None:
+    """``state ← new`` where ``finite`` (else unchanged), in place and in ``state``'s dtype."""
+    if new.dtype == state.dtype:
+        torch.where(finite, new, state, out=state)
+    else:
+        state.copy_(torch.where(finite, new, state.to(new.dtype)))
+
+
+def stochastic_round_to_bfloat16(x: Tensor) -> Tensor:
+    """Round float32 ``x`` to bfloat16 up or down at random, so that ``E[round(x)] = x``: a
+    uniform random integer below 2¹⁶ is added to the 16 bits that bfloat16 drops, which are
+    then cut. Updates smaller than half a bfloat16 step then move the parameter on average
+    instead of being lost."""
+    bits = x.view(torch.int32)
+    noise = torch.randint_like(bits, 0, 1 << 16)
+    return ((bits + noise) & -(1 << 16)).view(torch.float32).to(torch.bfloat16)
 
 
 class Kernels(NamedTuple):
@@ -380,14 +403,11 @@ class ParamStep:
             finite,
             hp.beta1 is not None and hp.momentum == "step",
             hp.maximize,
+            hp.stochastic_rounding,
         )
         if self.dims is not None:
-            torch.where(
-                finite, self.row, self.state["exp_avg_sq_row"], out=self.state["exp_avg_sq_row"]
-            )
-            torch.where(
-                finite, self.col, self.state["exp_avg_sq_col"], out=self.state["exp_avg_sq_col"]
-            )
+            commit(finite, self.row, self.state["exp_avg_sq_row"])
+            commit(finite, self.col, self.state["exp_avg_sq_col"])
         self.state["step"].add_(finite)
         self.state["nonfinite_skips"].add_(finite.logical_not())
         if not self.whole_param.is_contiguous():

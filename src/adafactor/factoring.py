@@ -82,6 +82,7 @@ def state_layout(
     factor_dims: FactorRule,
     min_dim_size_to_factor: int,
     momentum: bool,
+    momentum_dtype: torch.dtype | None = None,
 ) -> dict[str, StateSpec]:
     """The state Adafactor keeps for one parameter: a step count and a count of skipped
     non-finite steps, factored (R, C) or full second-moment statistics, and momentum if on."""
@@ -98,5 +99,5 @@ def state_layout(
         layout["exp_avg_sq_row"] = StateSpec(row_shape(shape, dims), dtype)
         layout["exp_avg_sq_col"] = StateSpec(col_shape(shape, dims), dtype)
     if momentum:
-        layout["exp_avg"] = StateSpec(shape, dtype)
+        layout["exp_avg"] = StateSpec(shape, momentum_dtype or dtype)
     return layout

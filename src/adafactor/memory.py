@@ -47,6 +47,7 @@ def state_bytes(
     factor_dims: FactorRule = "largest",
     min_dim_size_to_factor: int = 2,
     beta1: float | None = None,
+    momentum_dtype: torch.dtype | None = None,
     **_: Any,
 ) -> StateBytes:
     """Predict Adafactor's state bytes for ``params`` (works on ``meta`` tensors: nothing is
@@ -63,6 +64,7 @@ def state_bytes(
             factor_dims=factor_dims,
             min_dim_size_to_factor=min_dim_size_to_factor,
             momentum=beta1 is not None,
+            momentum_dtype=momentum_dtype,
         ).values()
     )
     return StateBytes(adafactor=adafactor, adam=adam_state_bytes(params))

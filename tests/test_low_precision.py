@@ -1,0 +1,72 @@
+"""bfloat16 parameters: stochastic rounding (unbiased, tested statistically) and bf16 momentum."""
+
+import math
+
+import pytest
+import torch
+
+from adafactor import Adafactor, optimizer_state_bytes, state_bytes
+from adafactor.algorithm import stochastic_round_to_bfloat16
+
+
+@pytest.mark.parametrize("value", [1.0 + 0.3 * 2**-7, -3.0 - 0.9 * 2**-6, 1e-3 * (1 + 0.5 * 2**-7)])
+def test_stochastic_rounding_is_unbiased(value):
+    torch.manual_seed(0)
+    n = 200_000
+    rounded = stochastic_round_to_bfloat16(torch.full((n,), value)).double()
+    below = torch.tensor(value).bfloat16().double()  # round-to-nearest lands on a neighbour
+    spacing = 2.0 ** (math.floor(math.log2(abs(value))) - 7)
+    assert set(rounded.unique().tolist()) <= {
+        below.item() - spacing,
+        below.item(),
+        below.item() + spacing,
+    }
+    # The mean of n Bernoulli roundings has standard deviation <= spacing / (2 sqrt(n)).
+    assert abs(rounded.mean().item() - value) < 5 * spacing / (2 * math.sqrt(n))
+
+
+def test_stochastic_rounding_keeps_representable_values():
+    x = torch.randn(10_000).bfloat16()
+    assert torch.equal(stochastic_round_to_bfloat16(x.float()), x)
+
+
+def test_small_updates_survive_in_bfloat16():
+    # An absolute step of 1e-5 on weights near 1 (bf16 spacing 2^-7 ~ 0.008): round-to-nearest
+    # drops every update; stochastic rounding moves the weights by the right amount on average.
+    torch.manual_seed(0)
+    drift = {}
+    for stochastic in (False, True):
+        p = torch.nn.Parameter(torch.ones(100_000, dtype=torch.bfloat16))
+        opt = Adafactor(
+            [p], lr=1e-5, relative_step=False, scale_parameter=False, stochastic_rounding=stochastic
+        )
+        for _ in range(20):
+            p.grad = torch.ones_like(p)  # U = sign(G) = 1 each step: X moves by -1e-5
+            opt.step()
+        drift[stochastic] = (p.double() - 1.0).mean().item()
+    assert drift[False] == 0.0
+    # 20 steps of -1e-5; each weight's drift is a sum of +-2^-8/2^-7 jumps: the mean over 1e5
+    # weights is within a few percent of -2e-4.
+    assert drift[True] == pytest.approx(-2e-4, rel=0.05)
+
+
+def test_bfloat16_momentum_halves_its_memory_and_still_trains():
+    torch.manual_seed(0)
+    x = torch.randn(256, 32)
+    y = x @ (0.1 * torch.randn(32, 4))
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(32, 4)
+        opt = Adafactor(model.parameters(), beta1=0.9, momentum_dtype=dtype)
+        for _ in range(200):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+        losses[dtype] = loss.item()
+        assert opt.state[model.weight]["exp_avg"].dtype == (dtype or torch.float32)
+        predicted = state_bytes(model.parameters(), beta1=0.9, momentum_dtype=dtype).adafactor
+        assert optimizer_state_bytes(opt) == predicted
+    assert losses[torch.bfloat16] < 0.5 * ((y - y.mean(0)) ** 2).mean().item()
+    assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=0.2)
