@@ -9,7 +9,9 @@ TORCH := torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet $(TORCH) -e ".[test]"
+	$(VENV)/bin/pip install --quiet $(TORCH) -e ".[test,peers,docs]"
+	# timm's optimizers are tested, its torchvision requirement cannot load beside CPU torch
+	$(VENV)/bin/pip install --quiet --no-deps "timm>=1.0"
 	touch $@
 
 install: $(VENV)/.installed
