@@ -152,13 +152,20 @@ class UpdateInputs(NamedTuple):
 
 
 def normalized_update(grad: Tensor, u: UpdateInputs) -> Tensor:
-    """``U_t = D_t / √V̂_t`` on the full tensor."""
-    direction = grad
-    if u.bias_correction is not None:
-        direction = torch.lerp(u.exp_avg.to(grad.dtype), grad, 1.0 - u.beta1) * u.bias_correction
+    """``U_t = D_t / √V̂_t`` on the full tensor: a new tensor, the one full-size temporary of
+    a pass on the eager path (in-place ops on it cost nothing compiled)."""
     if u.exp_avg_sq is not None:
-        return direction * decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1).rsqrt()
-    return direction * u.row_factor * u.col_factor
+        inverse_sqrt = decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1).rsqrt_()
+    if u.bias_correction is not None:
+        update = torch.lerp(u.exp_avg.to(grad.dtype), grad, 1.0 - u.beta1).mul_(u.bias_correction)
+        return (
+            update.mul_(inverse_sqrt)
+            if u.exp_avg_sq is not None
+            else update.mul_(u.row_factor).mul_(u.col_factor)
+        )
+    if u.exp_avg_sq is not None:
+        return inverse_sqrt.mul_(grad)
+    return (grad * u.row_factor).mul_(u.col_factor)
 
 
 # The three full-size passes of a step. Everything else in a step is O(n + m) per parameter;
@@ -179,7 +186,7 @@ def square_sums(
 
 def update_square_sum(grad: Tensor, u: UpdateInputs) -> tuple[Tensor, Tensor]:
     """Phase 2: ``Σ U_t²``, and the count of non-finite entries of a full ``V̂_t``."""
-    sum_sq_u = normalized_update(grad, u).square().sum()
+    sum_sq_u = normalized_update(grad, u).square_().sum()
     if u.exp_avg_sq is None:
         return sum_sq_u, sum_sq_u.new_zeros(())
     v = decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1)
@@ -200,8 +207,7 @@ def apply_update(
     """Phase 3, in place: ``X ← X − step − decay·X`` with ``step = step_scale·U_t`` (or its
     momentum average), and the full-size state, all only where ``finite``; a bfloat16 ``X``
     rounded stochastically if asked."""
-    x = param.to(u.beta2_t.dtype)
-    step = normalized_update(grad, u) * step_scale
+    step = normalized_update(grad, u).mul_(step_scale)
     if u.bias_correction is not None:
         commit(finite, torch.lerp(u.exp_avg.to(grad.dtype), grad, 1.0 - u.beta1), u.exp_avg)
     if step_momentum:
@@ -210,11 +216,13 @@ def apply_update(
     if u.exp_avg_sq is not None:
         commit(finite, decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1), u.exp_avg_sq)
     if maximize:
-        step = -step
-    x = torch.where(finite, x - step - decay * x, x)
+        step.neg_()
+    # X_t = X − step − decay·X, formed in place in the step's float32 buffer (X may be 16-bit).
+    x_new = step.addcmul_(param, decay).neg_().add_(param)
+    torch.where(finite, x_new, param, out=x_new)
     if stochastic_rounding and param.dtype == torch.bfloat16:
-        x = stochastic_round_to_bfloat16(x)
-    param.copy_(x)
+        x_new = stochastic_round_to_bfloat16(x_new)
+    param.copy_(x_new)
 
 
 def commit(finite: Tensor, new: Tensor, state: Tensor) -> None:
