@@ -36,3 +36,10 @@ def run_side_by_side(params, grads_per_step, **options):
         opt.step()
         ref.step([None if g is None else g.to(p.dtype) for p, g in zip(ours, grads)])
     return opt, ours, ref
+
+
+def magnitudes(shape, scale, gen, dtype=torch.float64):
+    """Random signs, magnitudes in [0.1, 1]·scale: the largest is at most ``scale``."""
+    u = torch.empty(shape, dtype=torch.float64).uniform_(0.1, 1.0, generator=gen)
+    sign = torch.randint(0, 2, shape, generator=gen, dtype=torch.float64) * 2 - 1
+    return (u * sign * scale).to(dtype)

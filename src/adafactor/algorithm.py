@@ -103,14 +103,16 @@ CompleteSums = Callable[[Sequence[Partial]], None]
 """Completes partial sums in place (all-reduce); does nothing for whole tensors."""
 
 
-SQUARE_SCALE = 2.0**-32
-"""Values are scaled by this before squaring, so that sums of squares of float32 values up
-to ~1e28 stay finite (unscaled, ``Σ x²`` overflows float32 from ~1e19/√numel on)."""
+PARAM_SCALES = (2.0**32, 2.0**-32)
+"""``Σ X²`` is summed twice, of X scaled up and of X scaled down: the first is exact for |X|
+from ~1e-28 up to ~4e9/√numel, the second, used once the first overflows, up to ~8e28/√numel
+(float32 squares alone cover only ~1e-19 to ~1e19/√numel)."""
 
 
-def scaled_square(x: Tensor) -> Tensor:
-    """``(x·2⁻³²)²``; sums of it are unscaled by ``SQUARE_SCALE⁻²`` where they are used."""
-    return (x * SQUARE_SCALE).square_()
+def scaled_square(x: Tensor, scale: float) -> Tensor:
+    """``(x·scale)²``, a new tensor. G is scaled by ``1/√numel``, so its sums of squares are
+    means, never overflow unless G² itself does, and lose only what lies far below ε1."""
+    return (x * scale).square_()
 
 
 def decayed_mean(old: Tensor, mean: Tensor, beta2_t: Tensor, eps1: float) -> Tensor:
@@ -118,10 +120,12 @@ def decayed_mean(old: Tensor, mean: Tensor, beta2_t: Tensor, eps1: float) -> Ten
     return torch.lerp(old, mean + eps1, 1.0 - beta2_t)
 
 
-def parameter_scale(scaled_sum_sq_x: Tensor, numel: int, eps2: float) -> Tensor:
-    """``max(ε2, RMS(X))`` from ``Σ scaled_square(X)``: what makes the step size relative
-    (Section 8)."""
-    return ((scaled_sum_sq_x / max(numel, 1)).sqrt() / SQUARE_SCALE).clamp(min=eps2)
+def parameter_scale(sums_sq_x: Tensor, numel: int, eps2: float) -> Tensor:
+    """``max(ε2, RMS(X))`` from the two sums of ``scaled_square(X, PARAM_SCALES[i])``: what
+    makes the step size relative (Section 8)."""
+    up, down = (sums_sq_x / max(numel, 1)).sqrt().unbind()
+    rms = torch.where(up.isfinite(), up / PARAM_SCALES[0], down / PARAM_SCALES[1])
+    return rms.clamp(min=eps2)
 
 
 def clipping_divisor(sum_sq_u: Tensor, numel: int, clip_threshold: float | None) -> Tensor | float:
@@ -173,14 +177,15 @@ def normalized_update(grad: Tensor, u: UpdateInputs) -> Tensor:
 
 
 def square_sums(
-    x: Tensor, grad: Tensor, dims: tuple[int, int] | None
+    x: Tensor, grad: Tensor, dims: tuple[int, int] | None, grad_scale: float
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Phase 1: ``Σ X²`` and G²'s sums over columns and over rows (squares scaled)."""
-    sum_sq_x = scaled_square(x).sum()
+    """Phase 1: ``Σ X²`` (twice, see ``PARAM_SCALES``) and G²'s sums over columns and over
+    rows (squares scaled)."""
+    sum_sq_x = torch.stack([scaled_square(x, scale).sum() for scale in PARAM_SCALES])
     if dims is None:
         return sum_sq_x, None, None
     r, c = dims
-    g_sq = scaled_square(grad)
+    g_sq = scaled_square(grad, grad_scale)
     return sum_sq_x, g_sq.sum(dim=c, keepdim=True), g_sq.sum(dim=r, keepdim=True)
 
 
@@ -340,10 +345,13 @@ class ParamStep:
 
     def local_sums(self) -> list[Partial]:
         """Phase 1: ``Σ X²``; when factored, G²'s row sums, column sums and total, and the
-        old R's sum over rows (all of squares scaled by ``SQUARE_SCALE²``)."""
+        old R's sum over rows (X scaled by ``PARAM_SCALES``, G by ``1/√numel``)."""
         factored = self.dims is not None
         self.sum_sq_x, self.row_sq, col_sq = self.kernels.square_sums(
-            self.param.to(self.dtype), self._g(), CANONICAL_DIMS if factored else None
+            self.param.to(self.dtype),
+            self._g(),
+            CANONICAL_DIMS if factored else None,
+            max(self.numel, 1) ** -0.5,
         )
         sums = [Partial(self.sum_sq_x, self.key, self._all_dims())]
         if factored:
@@ -374,10 +382,10 @@ class ParamStep:
         nonfinite = []
         if self.dims is not None:
             r, c = self.dims
-            n, m, unscale = self.shape[r], self.shape[c], SQUARE_SCALE**-2
-            row_mean = unscale / m * self.row_sq
-            col_mean = unscale / n * self.col_sq
-            total_mean = unscale / (n * m) * self.total_sq
+            n, m, numel = self.shape[r], self.shape[c], self.numel
+            row_mean = numel / m * self.row_sq
+            col_mean = numel / n * self.col_sq
+            total_mean = numel / (n * m) * self.total_sq
             self.row = decayed_mean(self.state["exp_avg_sq_row"], row_mean, self.beta2_t, hp.eps1)
             self.col = decayed_mean(self.state["exp_avg_sq_col"], col_mean, self.beta2_t, hp.eps1)
             mean_r = decayed_mean(self.old_row_mean, total_mean, self.beta2_t, hp.eps1)
@@ -397,7 +405,8 @@ class ParamStep:
     def apply(self) -> None:
         """Phase 3: clip, scale, add momentum and weight decay, and commit where finite."""
         hp = self.hp
-        self.finite = finite = self.nonfinite == 0
+        # An overflowing Σ U² would make the clipped step 0 while the statistics move on.
+        self.finite = finite = (self.nonfinite == 0) & self.sum_sq_u.isfinite()
         self.update_rms = (self.sum_sq_u / max(self.numel, 1)).sqrt()
         step_scale = self.alpha_t / clipping_divisor(self.sum_sq_u, self.numel, hp.clip_threshold)
         decay_scale = {"rho": self.rho_t, "alpha": self.alpha_t, "lr": hp.lr, "none": 1.0}

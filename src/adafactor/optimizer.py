@@ -177,7 +177,15 @@ class Adafactor(Optimizer):
         validate_options({**self.defaults, **param_group}, where="param_group")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        seen: set[int] = set()
         for index, p in enumerate(group["params"]):
+            if id(p) in seen:
+                self.param_groups.pop()
+                raise ValueError(
+                    f"{_describe(group, len(self.param_groups), index, p)} appears more than once in "
+                    "its group; it would be stepped more than once per step"
+                )
+            seen.add(id(p))
             if p.is_complex():
                 self.param_groups.pop()
                 raise ValueError(
