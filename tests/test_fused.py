@@ -1,5 +1,7 @@
 """The compiled fast path (``fused=True``): same results as the eager path, no host syncs."""
 
+import copy
+
 import pytest
 import torch
 
@@ -64,3 +66,21 @@ def test_step_makes_no_host_sync(monkeypatch, fused):
     opt.step()
     monkeypatch.undo()
     assert int(opt.state[ps[0]]["step"]) == 3
+
+
+def test_whole_step_compiles_with_fullgraph():
+    # torch.compile(optimizer.step, fullgraph=True) fails on any graph break: a .item(), a
+    # Python branch on a tensor's value, an unsupported call. It must trace, and match eager.
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))]
+    models.append(copy.deepcopy(models[0]))
+    opts = [Adafactor(m.parameters(), fused=False, beta1=0.9) for m in models]
+    compiled_step = torch.compile(opts[0].step, fullgraph=True)
+    x, y = torch.randn(8, 16), torch.randn(8, 4)
+    for _ in range(3):
+        for model, opt, step in zip(models, opts, (compiled_step, opts[1].step)):
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            step()
+    for p, q in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
