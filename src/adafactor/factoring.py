@@ -18,6 +18,7 @@ accumulator is smaller.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +29,7 @@ FactorRule = Literal["largest", "last"]
 FACTOR_RULES: tuple[str, ...] = ("largest", "last")
 
 
+@functools.cache
 def factored_dims(
     shape: torch.Size | tuple[int, ...], rule: FactorRule, min_dim_size_to_factor: int
 ) -> tuple[int, int] | None:
@@ -74,6 +76,7 @@ class StateSpec:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+@functools.cache  # looked up for every parameter at every step: callers must not mutate it
 def state_layout(
     shape: torch.Size | tuple[int, ...],
     param_dtype: torch.dtype,
