@@ -109,10 +109,11 @@ from ~1e-28 up to ~4e9/√numel, the second, used once the first overflows, up t
 (float32 squares alone cover only ~1e-19 to ~1e19/√numel)."""
 
 
-def scaled_square(x: Tensor, scale: float) -> Tensor:
-    """``(x·scale)²``, a new tensor. G is scaled by ``1/√numel``, so its sums of squares are
-    means, never overflow unless G² itself does, and lose only what lies far below ε1."""
-    return (x * scale).square_()
+def scaled_square(x: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
+    """``(x·scale)²`` in ``dtype``, a new tensor. G is scaled by ``1/√numel``, so its sums of
+    squares are means, never overflow unless G² itself does, and lose only what lies far below
+    ε1."""
+    return x.to(dtype, copy=True).mul_(scale).square_()
 
 
 def decayed_mean(old: Tensor, mean: Tensor, beta2_t: Tensor, eps1: float) -> Tensor:
@@ -177,20 +178,21 @@ def normalized_update(grad: Tensor, u: UpdateInputs) -> Tensor:
 
 
 def square_sums(
-    x: Tensor, grad: Tensor, dims: tuple[int, int] | None, grad_scale: float
+    x: Tensor, grad: Tensor, dims: tuple[int, int] | None, grad_scale: float, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Phase 1: ``Σ X²`` (twice, see ``PARAM_SCALES``) and G²'s sums over columns and over
-    rows (squares scaled)."""
-    sum_sq_x = torch.stack([scaled_square(x, scale).sum() for scale in PARAM_SCALES])
+    rows (squares scaled), in ``dtype`` whatever the dtype of X and G."""
+    sum_sq_x = torch.stack([scaled_square(x, scale, dtype).sum() for scale in PARAM_SCALES])
     if dims is None:
         return sum_sq_x, None, None
     r, c = dims
-    g_sq = scaled_square(grad, grad_scale)
+    g_sq = scaled_square(grad, grad_scale, dtype)
     return sum_sq_x, g_sq.sum(dim=c, keepdim=True), g_sq.sum(dim=r, keepdim=True)
 
 
 def update_square_sum(grad: Tensor, u: UpdateInputs) -> tuple[Tensor, Tensor]:
     """Phase 2: ``Σ U_t²``, and the count of non-finite entries of a full ``V̂_t``."""
+    grad = grad.to(u.beta2_t.dtype)
     sum_sq_u = normalized_update(grad, u).square_().sum()
     if u.exp_avg_sq is None:
         return sum_sq_u, sum_sq_u.new_zeros(())
@@ -212,6 +214,7 @@ def apply_update(
     """Phase 3, in place: ``X ← X − step − decay·X`` with ``step = step_scale·U_t`` (or its
     momentum average), and the full-size state, all only where ``finite``; a bfloat16 ``X``
     rounded stochastically if asked."""
+    grad = grad.to(u.beta2_t.dtype)
     step = normalized_update(grad, u).mul_(step_scale)
     if u.bias_correction is not None:
         commit(finite, torch.lerp(u.exp_avg.to(grad.dtype), grad, 1.0 - u.beta1), u.exp_avg)
@@ -328,9 +331,6 @@ class ParamStep:
     def _all_dims(self) -> tuple[int, ...]:
         return tuple(range(len(self.shape)))
 
-    def _g(self) -> Tensor:
-        return self.grad.to(self.dtype)
-
     def _update_inputs(self) -> UpdateInputs:
         return UpdateInputs(
             exp_avg=self.state.get("exp_avg"),
@@ -348,10 +348,11 @@ class ParamStep:
         old R's sum over rows (X scaled by ``PARAM_SCALES``, G by ``1/√numel``)."""
         factored = self.dims is not None
         self.sum_sq_x, self.row_sq, col_sq = self.kernels.square_sums(
-            self.param.to(self.dtype),
-            self._g(),
+            self.param,
+            self.grad,
             CANONICAL_DIMS if factored else None,
             max(self.numel, 1) ** -0.5,
+            self.dtype,
         )
         sums = [Partial(self.sum_sq_x, self.key, self._all_dims())]
         if factored:
@@ -394,7 +395,7 @@ class ParamStep:
                 x.isfinite().logical_not().sum(dtype=self.dtype) for x in (self.row, self.col)
             ]
         self.sum_sq_u, nonfinite_v = self.kernels.update_square_sum(
-            self._g(), self._update_inputs()
+            self.grad, self._update_inputs()
         )
         self.nonfinite = sum(nonfinite, nonfinite_v)
         return [
@@ -413,7 +414,7 @@ class ParamStep:
         decay = self.t.new_tensor(0.0) + hp.weight_decay * decay_scale[hp.weight_decay_scale]
         self.kernels.apply_update(
             self.param,
-            self._g(),
+            self.grad,
             self._update_inputs(),
             step_scale,
             decay,
