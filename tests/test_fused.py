@@ -84,3 +84,23 @@ def test_whole_step_compiles_with_fullgraph():
             step()
     for p, q in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_automatic_mode_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    from adafactor import fused
+
+    def broken(*args):
+        raise torch._dynamo.exc.FailOnRecompileLimitHit("recompile limit")
+
+    monkeypatch.setattr(fused, "_compiled", lambda kernel: broken)
+    monkeypatch.setattr(fused, "use_fused", lambda setting, params: True)
+    fused.compiled_kernels.cache_clear()
+    try:
+        eager, auto = torch.nn.Parameter(torch.ones(8, 4)), torch.nn.Parameter(torch.ones(8, 4))
+        eager.grad, auto.grad = torch.ones(8, 4), torch.ones(8, 4)
+        Adafactor([eager], fused=False).step()
+        with pytest.warns(UserWarning, match="compiling the step failed"):
+            Adafactor([auto]).step()  # fused=None: compiled, failing, then eager
+        assert torch.equal(eager, auto)
+    finally:
+        fused.compiled_kernels.cache_clear()

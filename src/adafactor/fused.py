@@ -51,6 +51,13 @@ def use_fused(setting: bool | None, params: Iterable[Tensor]) -> bool:
     return all(can_compile(p.device) for p in params)
 
 
+COMPILE_FAILURES = (
+    torch._dynamo.exc.TorchDynamoException,  # a failed backend, an unsupported construct
+    torch._dynamo.exc.FailOnRecompileLimitHit,  # too many variants in one process
+)
+"""Raised by a compiled kernel's first call for a new variant, before anything runs."""
+
+
 def _falling_back(compiled: Callable[..., Any], eager: Callable[..., Any]) -> Callable[..., Any]:
     """``compiled``, or ``eager`` for good once compiling fails (before anything ran)."""
     failed = False
@@ -60,7 +67,7 @@ def _falling_back(compiled: Callable[..., Any], eager: Callable[..., Any]) -> Ca
         if not failed:
             try:
                 return compiled(*args)
-            except torch._dynamo.exc.BackendCompilerFailed as error:
+            except COMPILE_FAILURES as error:
                 failed = True
                 warnings.warn(f"adafactor: compiling the step failed, running eager: {error}")
         return eager(*args)
