@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -14,11 +15,58 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _memory(args: argparse.Namespace) -> int:
-    from .memory import memory_table
-    from .model_shapes import MODELS
+def _reproduce(args: argparse.Namespace) -> int:
+    try:
+        from .experiments.claims import judge_claims
+        from .experiments.configs import SCALES
+        from .experiments.reproduce import reproduce, select_runs
+    except ModuleNotFoundError as error:
+        print(
+            f"adafactor reproduce needs {error.name!r}, one of the 'experiments' extra's "
+            "packages: pip install 'adafactor[experiments]'",
+            file=sys.stderr,
+        )
+        return 1
 
-    print(memory_table(MODELS[args.model]().values()))
+    try:
+        runs = select_runs(args.full, args.runs)
+    except ValueError as error:
+        print(f"adafactor reproduce: {error}", file=sys.stderr)
+        return 2
+    outcome = reproduce(Path(args.out), runs, SCALES[args.scale], args.seed, args.jobs)
+    print("")
+    for judgement in judge_claims(outcome.results):
+        print(
+            f"{judgement.claim.key} ({judgement.rate} rate): {judgement.verdict.status}: "
+            f"{judgement.claim.text}"
+        )
+    print("\nWrote " + ", ".join(str(path) for path in outcome.files))
+    if outcome.failures:
+        print(
+            f"adafactor reproduce: {len(outcome.failures)} run(s) failed: "
+            + "; ".join(f"{name}: {error}" for name, error in outcome.failures.items()),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from .memory import memory_table, model_parameters
+
+    try:
+        params = model_parameters(args.model)
+    except ValueError as error:
+        print(f"adafactor memory: {error}", file=sys.stderr)
+        return 2
+    print(memory_table(params))
     return 0
 
 
@@ -38,18 +86,72 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
 
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="reproduce the paper's experiments (Tables 2 and 3, Figure 1) on a miniature "
+        "English-Chichewa Transformer: a quick set (about 5 minutes on 2 cores) or --full "
+        "(about 30 minutes); writes a results table with verdicts and plots",
+    )
+    reproduce.add_argument("--full", action="store_true", help="all runs, not just the quick set")
+    reproduce.add_argument(
+        "--runs", nargs="+", metavar="NAME", help="only these runs (see results.md for names)"
+    )
+    reproduce.add_argument("--seed", type=int, default=0)
+    reproduce.add_argument(
+        "--out",
+        default="reproduction",
+        metavar="DIR",
+        help="output directory; finished runs found there are not re-run (default: %(default)s)",
+    )
+    reproduce.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="runs in parallel, one thread each (default: %(default)s)",
+    )
+    reproduce.add_argument(
+        "--scale",
+        choices=("laptop", "tiny"),
+        default="laptop",
+        help="laptop: the reproduction; tiny: a seconds-long smoke test (default: %(default)s)",
+    )
+    reproduce.set_defaults(func=_reproduce)
+
     from .model_shapes import MODELS
 
     memory = commands.add_parser(
-        "memory", help="optimizer-state memory of Adafactor vs Adam for a known model's shapes"
+        "memory",
+        help="optimizer-state memory of Adafactor (momentum off/on, bf16 momentum) vs "
+        "Adam/AdamW for a model's shapes, built on the meta device (nothing is downloaded)",
     )
-    memory.add_argument("--model", choices=sorted(MODELS), default="t5-small")
+    memory.add_argument(
+        "--model",
+        default="t5-small",
+        metavar="MODEL",
+        help=f"one of {', '.join(sorted(MODELS))}; a transformers config class with its "
+        "defaults (T5Config, GPT2Config, LlamaConfig, ...); or module:callable returning an "
+        "nn.Module or tensors (default: t5-small)",
+    )
     memory.set_defaults(func=_memory)
+
+    # Listed for --help; its own parser (adafactor.bench) takes the arguments, see main().
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="benchmark step time, state and transient memory against peer Adafactors and "
+        "AdamW, each in its own process (see adafactor bench --help)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adafactor`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
