@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+from hypothesis import settings
+
+# CI and `make test` draw the same examples every run (a failure is reproducible, never a
+# flake); HYPOTHESIS_PROFILE=explore draws new ones.
+settings.register_profile("repeatable", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 from adafactor import Adafactor
 from adafactor.reference import ReferenceAdafactor

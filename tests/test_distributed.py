@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 WORLD = 2
 STEPS = 4
-OPTIONS = [{}, {"beta1": 0.9}, {"beta1": 0.9, "momentum": "gradient", "weight_decay": 0.1}]
+OPTIONS = [{}, {"beta1": 0.9}, {"beta1": 0.9, "momentum_of": "gradient", "weight_decay": 0.1}]
 
 
 class Net(nn.Module):

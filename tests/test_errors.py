@@ -38,7 +38,7 @@ def assert_unchanged(opt, params, snap):
         ({"decay_rate": 1.5}, "decay_rate"),
         ({"beta1": 1.0}, "beta1"),
         ({"beta2": -0.1}, "beta2"),
-        ({"momentum": "nesterov"}, "momentum"),
+        ({"momentum_of": "nesterov"}, "momentum_of"),
         ({"weight_decay": -0.1}, "weight_decay"),
         ({"weight_decay_scale": "alpha_t"}, "weight_decay_scale"),
         ({"relative_step": 1}, "relative_step"),
@@ -113,7 +113,7 @@ def make_trained(nonfinite_grad="skip", **kwargs):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"beta1": 0.9}, {"factored": False}, {"beta1": 0.9, "momentum": "gradient"}]
+    "kwargs", [{}, {"beta1": 0.9}, {"factored": False}, {"beta1": 0.9, "momentum_of": "gradient"}]
 )
 def test_nonfinite_gradient_is_skipped_and_counted(bad, kwargs):
     params, opt = make_trained(**kwargs)

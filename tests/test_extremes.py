@@ -31,7 +31,7 @@ CONFIGS = {
         "scale_parameter": False,
     },
     "eps2=0": {"eps": (1e-30, 0.0)},
-    "momentum-decay": {"beta1": 0.9, "momentum": "gradient", "weight_decay": 0.1},
+    "momentum-decay": {"beta1": 0.9, "momentum_of": "gradient", "weight_decay": 0.1},
 }
 
 
@@ -157,7 +157,7 @@ def test_gradients_beyond_the_float32_bound_are_skipped_or_stepped_never_half_ap
 ZERO_GRAD_CONFIGS = [
     {},
     {"factored": False},
-    {"beta1": 0.9, "momentum": "gradient"},
+    {"beta1": 0.9, "momentum_of": "gradient"},
     {"beta2": 0.999, "beta1": 0.9, "warmup_init": True},
     {"clip_threshold": None, "eps": (1e-30, 0.0)},
 ]

@@ -8,7 +8,7 @@ import torch
 from adafactor import Adafactor
 
 OPTIONS = [
-    {"beta1": 0.9, "momentum": "gradient", "weight_decay": 0.1},
+    {"beta1": 0.9, "momentum_of": "gradient", "weight_decay": 0.1},
     {"beta1": 0.9, "maximize": True, "clip_threshold": 0.5},
 ]
 

@@ -49,11 +49,11 @@ CONFIGS = {
     "factored": {},
     "unfactored": {"factored": False},
     "momentum-step": {"beta1": 0.9},
-    "momentum-gradient": {"beta1": 0.9, "momentum": "gradient"},
+    "momentum-gradient": {"beta1": 0.9, "momentum_of": "gradient"},
     "adam-like": {
         "beta1": 0.9,
         "beta2": 0.999,
-        "momentum": "gradient",
+        "momentum_of": "gradient",
         "clip_threshold": None,
         "relative_step": False,
         "scale_parameter": False,

@@ -30,7 +30,7 @@ INVALID = [
     ("beta1", "0.9"),
     ("beta2", 1.0),
     ("beta2", float("nan")),
-    ("momentum", None),
+    ("momentum_of", None),
     ("weight_decay", float("nan")),
     ("weight_decay", float("inf")),
     ("weight_decay_scale", None),

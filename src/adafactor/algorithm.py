@@ -57,7 +57,7 @@ class Hyperparameters:
     decay_rate: float
     beta1: float | None
     beta2: float | None
-    momentum: Momentum
+    momentum_of: Momentum
     weight_decay: float
     weight_decay_scale: WeightDecayScale
     stochastic_rounding: bool
@@ -78,7 +78,7 @@ class Hyperparameters:
             decay_rate=group["decay_rate"],
             beta1=group["beta1"],
             beta2=group["beta2"],
-            momentum=group["momentum"],
+            momentum_of=group["momentum_of"],
             weight_decay=group["weight_decay"],
             weight_decay_scale=group["weight_decay_scale"],
             stochastic_rounding=group["stochastic_rounding"],
@@ -294,7 +294,7 @@ class ParamStep:
     dtype (|G| ≳ 1.8e19 in float32), leaves the parameter and its state untouched, the step
     uncounted, and adds one to ``nonfinite_skips``.
 
-    With ``hp.momentum == "step"`` (T5X, optax, HF) the momentum averages the steps
+    With ``hp.momentum_of == "step"`` (T5X, optax, HF) the momentum averages the steps
     ``α_t·Û_t``. With ``"gradient"`` it is Adam's bias-corrected average of the gradients,
     ``m̂_t = m_t/(1 − β1^t)``, normalised by ``√V̂_t`` (Algorithm 1 with V̂ in place of v̂).
     """
@@ -325,7 +325,7 @@ class ParamStep:
         self.t = state["step"].to(self.dtype) + 1.0
         self.beta2_t = second_moment_decay(self.t, hp.decay_rate, hp.beta2)
         self.rho_t = step_size(self.t, hp.lr, hp.relative_step, hp.warmup_init)
-        gradient_momentum = hp.beta1 is not None and hp.momentum == "gradient"
+        gradient_momentum = hp.beta1 is not None and hp.momentum_of == "gradient"
         self.bias_correction = 1.0 / (1.0 - hp.beta1**self.t) if gradient_momentum else None
 
     def _all_dims(self) -> tuple[int, ...]:
@@ -419,7 +419,7 @@ class ParamStep:
             step_scale,
             decay,
             finite,
-            hp.beta1 is not None and hp.momentum == "step",
+            hp.beta1 is not None and hp.momentum_of == "step",
             hp.maximize,
             hp.stochastic_rounding,
         )

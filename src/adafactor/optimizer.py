@@ -69,7 +69,7 @@ class Adafactor(Optimizer):
             ``β̂2_t = β2(1 − β2^(t−1))/(1 − β2^t)``, in place of ``1 − t^(−c)``.
         momentum_dtype: the dtype momentum is stored in, e.g. ``torch.bfloat16`` to halve its
             memory (its math stays float32); ``None``: the statistics' dtype.
-        momentum: what β1 averages: ``"step"`` (default; as T5X, optax and HF) the steps
+        momentum_of: what β1 averages: ``"step"`` (default; as T5X, optax and HF) the steps
             ``α_t·Û_t``; ``"gradient"`` Adam's bias-corrected ``m̂_t``, divided by ``√V̂_t``.
         weight_decay: ``λ``, decoupled weight decay: ``X ← X − λ·s·X`` each step.
         weight_decay_scale: ``s``: ``"rho"`` (default) ρ_t, like the learning rate in AdamW;
@@ -114,7 +114,7 @@ class Adafactor(Optimizer):
         decay_rate: float = 0.8,
         beta1: float | None = None,
         beta2: float | None = None,
-        momentum: Momentum = "step",
+        momentum_of: Momentum = "step",
         momentum_dtype: torch.dtype | None = None,
         weight_decay: float = 0.0,
         weight_decay_scale: WeightDecayScale = "rho",
@@ -137,7 +137,7 @@ class Adafactor(Optimizer):
             decay_rate=decay_rate,
             beta1=beta1,
             beta2=beta2,
-            momentum=momentum,
+            momentum_of=momentum_of,
             momentum_dtype=momentum_dtype,
             weight_decay=weight_decay,
             weight_decay_scale=weight_decay_scale,
@@ -403,8 +403,8 @@ def validate_options(options: Mapping[str, Any], where: str = "Adafactor") -> No
         beta = options[name]
         if beta is not None and (not is_real(beta) or not 0 <= beta < 1):
             fail(name, "must be None or a number in [0, 1)")
-    if options["momentum"] not in MOMENTUM_KINDS:
-        fail("momentum", f"must be one of {MOMENTUM_KINDS}")
+    if options["momentum_of"] not in MOMENTUM_KINDS:
+        fail("momentum_of", f"must be one of {MOMENTUM_KINDS}")
     if not is_real(options["weight_decay"]) or options["weight_decay"] < 0:
         fail("weight_decay", "must be a finite number >= 0")
     if options["weight_decay_scale"] not in WEIGHT_DECAY_SCALES:

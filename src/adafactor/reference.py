@@ -95,7 +95,7 @@ class ReferenceAdafactor:
         decay_rate: float = 0.8,
         beta1: float | None = None,
         beta2: float | None = None,
-        momentum: str = "step",
+        momentum_of: str = "step",
         weight_decay: float = 0.0,
         weight_decay_scale: str = "rho",
         relative_step: bool = True,
@@ -109,7 +109,7 @@ class ReferenceAdafactor:
         self.params = [p.detach().to(torch.float64).clone() for p in params]
         self.lr, (self.eps1, self.eps2) = lr, eps
         self.d, self.c, self.beta1, self.beta2 = clip_threshold, decay_rate, beta1, beta2
-        self.momentum, self.weight_decay, self.maximize = momentum, weight_decay, maximize
+        self.momentum_of, self.weight_decay, self.maximize = momentum_of, weight_decay, maximize
         self.weight_decay_scale = weight_decay_scale
         self.relative_step, self.warmup_init = relative_step, warmup_init
         self.scale_parameter = scale_parameter
@@ -149,7 +149,7 @@ class ReferenceAdafactor:
             rho = self.rho(t, lr)
             alpha = max(self.eps2, _rms(x)) * rho if self.scale_parameter else rho
             v_hat = self.second_moments[i].update(g, self.beta2_hat(t), self.eps1)
-            if self.beta1 is not None and self.momentum == "gradient":
+            if self.beta1 is not None and self.momentum_of == "gradient":
                 self.m[i] = self.beta1 * self.m[i] + (1 - self.beta1) * g
                 u = (self.m[i] / (1 - self.beta1**t)) / torch.sqrt(v_hat)
             else:
@@ -157,7 +157,7 @@ class ReferenceAdafactor:
             if self.d is not None:
                 u = u / max(1.0, _rms(u) / self.d)
             s = alpha * u
-            if self.beta1 is not None and self.momentum == "step":
+            if self.beta1 is not None and self.momentum_of == "step":
                 self.m[i] = self.beta1 * self.m[i] + (1 - self.beta1) * s
                 s = self.m[i]
             if self.maximize:

@@ -4,7 +4,7 @@ Every run trains the same miniature Transformer (``model.py``) from the same ini
 on the same batches, with one ``Adafactor`` configuration. The configurations are the rows of
 the paper's Table 2 (Sections 4–8) and Table 3, named after them:
 
-* Adam is ``Adafactor(beta1=0.9, beta2=0.999, momentum="gradient", clip_threshold=None,
+* Adam is ``Adafactor(beta1=0.9, beta2=0.999, momentum_of="gradient", clip_threshold=None,
   relative_step=False, scale_parameter=False, factored=False)``, exactly Algorithm 1;
   ``factored=True`` makes it "Adam with factored second moments".
 * β1 = 0 drops the momentum (``beta1=None``); each variant then changes one thing: update
@@ -127,7 +127,7 @@ class RunConfig:
 ADAM = dict(
     beta1=0.9,
     beta2=0.999,
-    momentum="gradient",
+    momentum_of="gradient",
     clip_threshold=None,
     relative_step=False,
     scale_parameter=False,
