@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .factoring import factored_dims, state_layout
+from .factoring import factored_dims
 from .optimizer import Adafactor
 from .presets import like, param_options, translate
 
@@ -229,14 +229,7 @@ def _convert_param_state(
             r, c = dims  # the peer's row statistics reduce dim c, its column statistics dim r
             converted["exp_avg_sq_row"] = state["exp_avg_sq_row"].unsqueeze(c)
             converted["exp_avg_sq_col"] = state["exp_avg_sq_col"].unsqueeze(r)
-    expected = state_layout(
-        p.shape,
-        p.dtype,
-        factored=group["factored"],
-        factor_dims=group["factor_dims"],
-        min_dim_size_to_factor=group["min_dim_size_to_factor"],
-        momentum=group["beta1"] is not None,
-    )
+    expected = Adafactor.layout(p, group)
     if set(converted) != set(expected):
         raise ValueError(
             f"{where}: {peer} saved {sorted(set(state) - {'RMS'})}, which does not give the "

@@ -200,7 +200,8 @@ class Adafactor(Optimizer):
                     "Adafactor needs floating-point parameters"
                 )
 
-    def layout(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, StateSpec]:
+    @staticmethod
+    def layout(param: Tensor, group: Mapping[str, Any]) -> dict[str, StateSpec]:
         """The state that ``param`` keeps under ``group``'s options."""
         return state_layout(
             param.shape,
