@@ -180,6 +180,7 @@ def _worker(rank: int, scenario: str, port: int, tmp: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         globals()[scenario](rank, Path(tmp))
+        dist.barrier()  # no rank tears down gloo while another still talks to it
     finally:
         dist.destroy_process_group()
 
