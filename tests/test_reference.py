@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adafactor import Adafactor
+from adafactor.presets import ADAM
 from adafactor.reference import ReferenceAdafactor, ReferenceAdam
 
 from conftest import run_side_by_side, wide_gradient
@@ -69,17 +70,7 @@ def test_adam_configuration_matches_paper_algorithm_1():
             torch.randn(5, generator=gen, dtype=torch.float64),
         ]
         ours = [p.clone().requires_grad_(True) for p in params]
-        opt = Adafactor(
-            ours,
-            lr=1e-3,
-            beta1=0.9,
-            beta2=0.999,
-            momentum_of="gradient",
-            clip_threshold=None,
-            relative_step=False,
-            scale_parameter=False,
-            factored=factored,
-        )
+        opt = Adafactor(ours, lr=1e-3, **{**ADAM, "factored": factored})
         ref = ReferenceAdam(params, lr=1e-3, betas=(0.9, 0.999), eps=0.0, factored=factored)
         for _ in range(100):
             grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]

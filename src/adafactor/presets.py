@@ -50,6 +50,18 @@ from .optimizer import Adafactor
 
 Dims = tuple[int, int] | None
 
+ADAM: dict[str, Any] = dict(
+    beta1=0.9,
+    beta2=0.999,
+    momentum_of="gradient",
+    clip_threshold=None,
+    relative_step=False,
+    scale_parameter=False,
+    factored=False,
+)
+"""The options that make ``Adafactor(params, lr, **ADAM)`` the paper's Algorithm 1 (Adam, its ε
+inside the square root as ε1); with ``factored=True``, Adam with factored second moments."""
+
 
 @dataclass(frozen=True)
 class Translation:

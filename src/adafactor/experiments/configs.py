@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from ..presets import ADAM
 from .model import Embedding, ModelSize
 
 Schedule = Literal["warmup", "flat"]
@@ -124,15 +125,6 @@ class RunConfig:
         return self.options.get("relative_step", True)
 
 
-ADAM = dict(
-    beta1=0.9,
-    beta2=0.999,
-    momentum_of="gradient",
-    clip_threshold=None,
-    relative_step=False,
-    scale_parameter=False,
-    factored=False,
-)
 NO_MOMENTUM = {**ADAM, "beta1": None}
 ABSOLUTE_ADAFACTOR = dict(relative_step=False, scale_parameter=False)
 
