@@ -15,7 +15,8 @@ OPTIONS = [
 
 def params_and_grads(seed):
     gen = torch.Generator().manual_seed(seed)
-    shapes = [(64, 48), (48,), (4, 16, 24)]
+    # 81,920 elements: above fused.MIN_PARAM_NUMEL, so these run compiled; the vector eagerly.
+    shapes = [(320, 256), (48,), (4, 128, 160)]
     params = [torch.randn(s, generator=gen) for s in shapes]
     grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
     grads[2][0][3, 5] = float("nan")  # one poisoned step for the matrix
@@ -96,8 +97,9 @@ def test_automatic_mode_falls_back_to_eager_when_compiling_fails(monkeypatch):
     monkeypatch.setattr(fused, "use_fused", lambda setting, params: setting is not False)
     fused.compiled_kernels.cache_clear()
     try:
-        eager, auto = torch.nn.Parameter(torch.ones(8, 4)), torch.nn.Parameter(torch.ones(8, 4))
-        eager.grad, auto.grad = torch.ones(8, 4), torch.ones(8, 4)
+        shape = (256, 256)  # large enough to be compiled (fused.MIN_PARAM_NUMEL)
+        eager, auto = torch.nn.Parameter(torch.ones(shape)), torch.nn.Parameter(torch.ones(shape))
+        eager.grad, auto.grad = torch.ones(shape), torch.ones(shape)
         Adafactor([eager], fused=False).step()
         with pytest.warns(UserWarning, match="compiling the step failed"):
             Adafactor([auto]).step()  # fused=None: compiled, failing, then eager

@@ -29,7 +29,7 @@ from .algorithm import (
 )
 from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
 from .factoring import FACTOR_RULES, FactorRule, StateSpec, factored_dims, state_layout
-from .fused import kernels_for
+from .fused import kernels_for, kernels_for_tensor
 
 CORE_OPTIONS = frozenset(
     {"lr", "eps", "clip_threshold", "decay_rate", "beta1", "beta2", "relative_step"}
@@ -234,7 +234,16 @@ class Adafactor(Optimizer):
                 local_state = {k: local(v) for k, v in state.items()}
                 dims = _dims(p, group)
                 steps.append(
-                    ParamStep(local(p), local(p.grad), local_state, hp, dims, p.shape, p, kernels)
+                    ParamStep(
+                        local(p),
+                        local(p.grad),
+                        local_state,
+                        hp,
+                        dims,
+                        p.shape,
+                        p,
+                        kernels_for_tensor(kernels, local(p)),
+                    )
                 )
             adafactor_group_step(
                 steps, complete_sums if any(map(is_distributed, params)) else whole
