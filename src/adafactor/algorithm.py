@@ -156,21 +156,32 @@ class UpdateInputs(NamedTuple):
     eps1: float
 
 
-def normalized_update(grad: Tensor, u: UpdateInputs) -> Tensor:
-    """``U_t = D_t / √V̂_t`` on the full tensor: a new tensor, the one full-size temporary of
-    a pass on the eager path (in-place ops on it cost nothing compiled)."""
-    if u.exp_avg_sq is not None:
-        inverse_sqrt = decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1).rsqrt_()
+def adam_momentum(grad: Tensor, u: UpdateInputs) -> Tensor:
+    """``m_t = β1·m_{t−1} + (1 − β1)·G_t`` (Adam-style momentum), a new tensor."""
+    return torch.lerp(u.exp_avg.to(grad.dtype), grad, 1.0 - u.beta1)
+
+
+def full_second_moment(grad: Tensor, u: UpdateInputs) -> Tensor:
+    """``V̂_t = β̂2_t·V̂_{t−1} + (1 − β̂2_t)·(G_t² + ε1)`` of an unfactored tensor, a new tensor."""
+    return decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1)
+
+
+def normalized_update(
+    grad: Tensor,
+    u: UpdateInputs,
+    momentum: Tensor | None = None,
+    second_moment: Tensor | None = None,
+) -> Tensor:
+    """``U_t = D_t / √V̂_t`` on the full tensor, a new tensor. ``momentum`` and
+    ``second_moment`` are ``m_t`` and a full ``V̂_t`` where the caller has them already."""
+    direction = grad
     if u.bias_correction is not None:
-        update = torch.lerp(u.exp_avg.to(grad.dtype), grad, 1.0 - u.beta1).mul_(u.bias_correction)
-        return (
-            update.mul_(inverse_sqrt)
-            if u.exp_avg_sq is not None
-            else update.mul_(u.row_factor).mul_(u.col_factor)
-        )
+        m = adam_momentum(grad, u) if momentum is None else momentum
+        direction = m * u.bias_correction
     if u.exp_avg_sq is not None:
-        return inverse_sqrt.mul_(grad)
-    return (grad * u.row_factor).mul_(u.col_factor)
+        v = full_second_moment(grad, u) if second_moment is None else second_moment
+        return v.rsqrt().mul_(direction)
+    return (direction * u.row_factor).mul_(u.col_factor)
 
 
 # The three full-size passes of a step. Everything else in a step is O(n + m) per parameter;
@@ -193,10 +204,10 @@ def square_sums(
 def update_square_sum(grad: Tensor, u: UpdateInputs) -> tuple[Tensor, Tensor]:
     """Phase 2: ``Σ U_t²``, and the count of non-finite entries of a full ``V̂_t``."""
     grad = grad.to(u.beta2_t.dtype)
-    sum_sq_u = normalized_update(grad, u).square_().sum()
-    if u.exp_avg_sq is None:
+    v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
+    sum_sq_u = normalized_update(grad, u, second_moment=v).square_().sum()
+    if v is None:
         return sum_sq_u, sum_sq_u.new_zeros(())
-    v = decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1)
     return sum_sq_u, v.isfinite().logical_not().sum(dtype=sum_sq_u.dtype)
 
 
@@ -215,14 +226,16 @@ def apply_update(
     momentum average), and the full-size state, all only where ``finite``; a bfloat16 ``X``
     rounded stochastically if asked."""
     grad = grad.to(u.beta2_t.dtype)
-    step = normalized_update(grad, u).mul_(step_scale)
-    if u.bias_correction is not None:
-        commit(finite, torch.lerp(u.exp_avg.to(grad.dtype), grad, 1.0 - u.beta1), u.exp_avg)
+    m = adam_momentum(grad, u) if u.bias_correction is not None else None
+    v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
+    step = normalized_update(grad, u, m, v).mul_(step_scale)
+    if m is not None:
+        commit(finite, m, u.exp_avg)
     if step_momentum:
         step = torch.lerp(u.exp_avg.to(step.dtype), step, 1.0 - u.beta1)
         commit(finite, step, u.exp_avg)
-    if u.exp_avg_sq is not None:
-        commit(finite, decayed_mean(u.exp_avg_sq, grad.square(), u.beta2_t, u.eps1), u.exp_avg_sq)
+    if v is not None:
+        commit(finite, v, u.exp_avg_sq)
     if maximize:
         step.neg_()
     # X_t = X − step − decay·X, formed in place in the step's float32 buffer (X may be 16-bit).
