@@ -15,7 +15,6 @@ OPTIONS = [
 
 def params_and_grads(seed):
     gen = torch.Generator().manual_seed(seed)
-    # 81,920 elements: above fused.MIN_PARAM_NUMEL, so these run compiled; the vector eagerly.
     shapes = [(320, 256), (48,), (4, 128, 160)]
     params = [torch.randn(s, generator=gen) for s in shapes]
     grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
@@ -97,7 +96,7 @@ def test_automatic_mode_falls_back_to_eager_when_compiling_fails(monkeypatch):
     monkeypatch.setattr(fused, "use_fused", lambda setting, params: setting is not False)
     fused.compiled_kernels.cache_clear()
     try:
-        shape = (256, 256)  # large enough to be compiled (fused.MIN_PARAM_NUMEL)
+        shape = (256, 256)
         eager, auto = torch.nn.Parameter(torch.ones(shape)), torch.nn.Parameter(torch.ones(shape))
         eager.grad, auto.grad = torch.ones(shape), torch.ones(shape)
         Adafactor([eager], fused=False).step()
@@ -106,3 +105,24 @@ def test_automatic_mode_falls_back_to_eager_when_compiling_fails(monkeypatch):
         assert torch.equal(eager, auto)
     finally:
         fused.compiled_kernels.cache_clear()
+
+
+def test_changing_options_never_recompiles():
+    # A scheduler writes a new lr (and here weight decay) into the group every step; a
+    # compiled step must take them as inputs, not specialise on them and compile again.
+    from torch._dynamo.utils import counters
+
+    params, grads = params_and_grads(2)
+    ps = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = Adafactor(ps, fused=True, beta1=0.9, weight_decay=0.01, relative_step=False, lr=1e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (t + 1))
+    graphs = []
+    for step_grads in grads:
+        for p, g in zip(ps, step_grads):
+            p.grad = g.clone()
+        opt.step()
+        schedule.step()
+        opt.param_groups[0]["weight_decay"] *= 0.5
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] > 0
+    assert graphs[1:] == graphs[:1] * (len(graphs) - 1)

@@ -17,11 +17,12 @@ the statistics on the scale of G². A tensor that is not factored keeps a full
 
 A step runs in three phases over all parameters of a group, because two things need every
 element of a tensor before anything can be applied: the statistics (sums of G² and X²), then
-the normaliser mean_r(R_t) and RMS(U_t) for clipping. ``ParamStep.local_sums`` and
-``ParamStep.clipping_sums`` return the partial sums that each phase needs; when a parameter is
-split across processes (``distributed.py``) they are completed by one batched all-reduce per
-phase before the next phase runs, otherwise they are complete already. Between phases a
-parameter keeps only small tensors: full-size intermediates are recomputed, not held.
+the normaliser mean_r(R_t) and RMS(U_t) for clipping. ``statistics_sums`` and ``update_sums``
+return the partial sums that each phase needs; when a parameter is split across processes
+(``distributed.py``) they are completed by one batched all-reduce per phase before the next
+phase runs, otherwise they are complete already. ``apply_update`` then makes the step. Each
+phase is one pass over the full-size tensors with the O(n + m) math around it, a pure function
+that ``fused.py`` compiles as it is; between phases a parameter keeps only small tensors.
 
 Every value stays a tensor (β̂2_t, ρ_t and α_t are 0-d tensors), so a step never waits for
 the device and never branches on data.
@@ -29,6 +30,7 @@ the device and never branches on data.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,19 +48,23 @@ WeightDecayScale = Literal["rho", "alpha", "lr", "none"]
 WEIGHT_DECAY_SCALES: tuple[str, ...] = ("rho", "alpha", "lr", "none")
 
 
+Number = float | Tensor
+"""An option's value: a Python float as given, or a 0-d tensor (``Hyperparameters.as_tensors``)."""
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     """One parameter group's options, under the paper's names (see ``Adafactor``)."""
 
-    lr: float
-    eps1: float
-    eps2: float
-    clip_threshold: float | None
-    decay_rate: float
-    beta1: float | None
-    beta2: float | None
+    lr: Number
+    eps1: Number
+    eps2: Number
+    clip_threshold: Number | None
+    decay_rate: Number
+    beta1: Number | None
+    beta2: Number | None
     momentum_of: Momentum
-    weight_decay: float
+    weight_decay: Number
     weight_decay_scale: WeightDecayScale
     stochastic_rounding: bool
     relative_step: bool
@@ -87,6 +93,25 @@ class Hyperparameters:
             scale_parameter=group["scale_parameter"],
             maximize=group["maximize"],
         )
+
+    def as_tensors(self, device: torch.device, dtype: torch.dtype) -> Hyperparameters:
+        """These options with every number a 0-d tensor of ``dtype`` on ``device``, for the
+        step: a compiled step then takes them as inputs and recompiles for none of them (a
+        learning-rate scheduler changes ``lr`` every step), where it would specialise on a
+        Python float that meets a ``clamp`` or a ``pow``."""
+        numbers = {name: getattr(self, name) for name in NUMBERS}
+        return dataclasses.replace(
+            self,
+            **{
+                name: torch.full((), value, dtype=dtype, device=device)
+                for name, value in numbers.items()
+                if value is not None
+            },
+        )
+
+
+NUMBERS = ("lr", "eps1", "eps2", "clip_threshold", "decay_rate", "beta1", "beta2", "weight_decay")
+"""The numeric options of ``Hyperparameters``; the others choose what the step does."""
 
 
 @dataclass
@@ -150,10 +175,10 @@ class UpdateInputs(NamedTuple):
     exp_avg_sq: Tensor | None
     row_factor: Tensor | None
     col_factor: Tensor | None
-    beta1: float | None
+    beta1: Number | None
     bias_correction: Tensor | None
     beta2_t: Tensor
-    eps1: float
+    eps1: Number
 
 
 def adam_momentum(grad: Tensor, u: UpdateInputs) -> Tensor:
@@ -184,68 +209,6 @@ def normalized_update(
     return (direction * u.row_factor).mul_(u.col_factor)
 
 
-# The three full-size passes of a step. Everything else in a step is O(n + m) per parameter;
-# ``fused.py`` compiles these same functions into loops that read each tensor once per pass.
-
-
-def square_sums(
-    x: Tensor, grad: Tensor, dims: tuple[int, int] | None, grad_scale: float, dtype: torch.dtype
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Phase 1: ``Σ X²`` (twice, see ``PARAM_SCALES``) and G²'s sums over columns and over
-    rows (squares scaled), in ``dtype`` whatever the dtype of X and G."""
-    sum_sq_x = torch.stack([scaled_square(x, scale, dtype).sum() for scale in PARAM_SCALES])
-    if dims is None:
-        return sum_sq_x, None, None
-    r, c = dims
-    g_sq = scaled_square(grad, grad_scale, dtype)
-    return sum_sq_x, g_sq.sum(dim=c, keepdim=True), g_sq.sum(dim=r, keepdim=True)
-
-
-def update_square_sum(grad: Tensor, u: UpdateInputs) -> tuple[Tensor, Tensor]:
-    """Phase 2: ``Σ U_t²``, and the count of non-finite entries of a full ``V̂_t``."""
-    grad = grad.to(u.beta2_t.dtype)
-    v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
-    sum_sq_u = normalized_update(grad, u, second_moment=v).square_().sum()
-    if v is None:
-        return sum_sq_u, sum_sq_u.new_zeros(())
-    return sum_sq_u, v.isfinite().logical_not().sum(dtype=sum_sq_u.dtype)
-
-
-def apply_update(
-    param: Tensor,
-    grad: Tensor,
-    u: UpdateInputs,
-    step_scale: Tensor,
-    decay: Tensor,
-    finite: Tensor,
-    step_momentum: bool,
-    maximize: bool,
-    stochastic_rounding: bool,
-) -> None:
-    """Phase 3, in place: ``X ← X − step − decay·X`` with ``step = step_scale·U_t`` (or its
-    momentum average), and the full-size state, all only where ``finite``; a bfloat16 ``X``
-    rounded stochastically if asked."""
-    grad = grad.to(u.beta2_t.dtype)
-    m = adam_momentum(grad, u) if u.bias_correction is not None else None
-    v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
-    step = normalized_update(grad, u, m, v).mul_(step_scale)
-    if m is not None:
-        commit(finite, m, u.exp_avg)
-    if step_momentum:
-        step = torch.lerp(u.exp_avg.to(step.dtype), step, 1.0 - u.beta1)
-        commit(finite, step, u.exp_avg)
-    if v is not None:
-        commit(finite, v, u.exp_avg_sq)
-    if maximize:
-        step.neg_()
-    # X_t = X − step − decay·X, formed in place in the step's float32 buffer (X may be 16-bit).
-    x_new = step.addcmul_(param, decay).neg_().add_(param)
-    torch.where(finite, x_new, param, out=x_new)
-    if stochastic_rounding and param.dtype == torch.bfloat16:
-        x_new = stochastic_round_to_bfloat16(x_new)
-    param.copy_(x_new)
-
-
 def commit(finite: Tensor, new: Tensor, state: Tensor) -> None:
     """``state ← new`` where ``finite`` (else unchanged), in place and in ``state``'s dtype."""
     if new.dtype == state.dtype:
@@ -264,16 +227,13 @@ def stochastic_round_to_bfloat16(x: Tensor) -> Tensor:
     return ((bits + noise) & -(1 << 16)).view(torch.float32).to(torch.bfloat16)
 
 
-class Kernels(NamedTuple):
-    """The full-size passes a step runs: these functions as they are, or compiled."""
-
-    square_sums: Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] = square_sums
-    update_square_sum: Callable[..., tuple[Tensor, Tensor]] = update_square_sum
-    apply_update: Callable[..., None] = apply_update
+def count_nonfinite(x: Tensor) -> Tensor:
+    """The number of NaN and infinite entries of ``x``, in ``x``'s dtype (a partial sum)."""
+    return x.isfinite().logical_not().sum(dtype=x.dtype)
 
 
-EAGER = Kernels()
-
+# What a phase reads and returns. Tensors are ``canonical`` views: ``(A, n, B, m, C)`` with the
+# factored dims at ``CANONICAL_DIMS``, or flat.
 
 CANONICAL_DIMS = (1, 3)
 COUNTERS = ("step", "nonfinite_skips")
@@ -294,13 +254,268 @@ def canonical(tensor: Tensor, dims: tuple[int, int] | None) -> Tensor:
     )
 
 
+class State(NamedTuple):
+    """A parameter's state (``canonical`` views); what it does not keep is ``None``."""
+
+    step: Tensor  # updates applied so far
+    nonfinite_skips: Tensor
+    exp_avg_sq_row: Tensor | None  # R, factored
+    exp_avg_sq_col: Tensor | None  # C, factored
+    exp_avg_sq: Tensor | None  # V̂, not factored
+    exp_avg: Tensor | None  # momentum
+
+    @classmethod
+    def of(cls, state: Mapping[str, Tensor], dims: tuple[int, int] | None) -> State:
+        """The state dict's tensors as the step sees them."""
+        return cls(
+            *(state[k] for k in COUNTERS),
+            *(
+                canonical(state[k], dims) if k in state else None
+                for k in ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq", "exp_avg")
+            ),
+        )
+
+
+class Size(NamedTuple):
+    """The whole parameter's element count and, when factored, its rows ``n`` and columns
+    ``m`` (the sizes of its factored dims), whatever piece of it this process holds, and
+    ``1/√numel``, the scale of G before squaring (see ``scaled_square``)."""
+
+    numel: int
+    n: int
+    m: int
+    grad_scale: float  # a number, not a formula, so that a compiled pass need not recompute it
+
+    @classmethod
+    def of(cls, shape: Sequence[int], dims: tuple[int, int] | None) -> Size:
+        """The sizes of a parameter of ``shape`` factored over ``dims``."""
+        numel = math.prod(shape)
+        n, m = (1, 1) if dims is None else (shape[dims[0]], shape[dims[1]])
+        return cls(numel, n, m, max(numel, 1) ** -0.5)
+
+
+class Schedule(NamedTuple):
+    """Step ``t``'s scalars, 0-d tensors: ``β̂2_t``, ``ρ_t`` and, with Adam-style momentum, the
+    bias correction ``1/(1 − β1^t)``."""
+
+    t: Tensor
+    beta2_t: Tensor
+    rho_t: Tensor
+    bias_correction: Tensor | None
+
+
+def schedule(step: Tensor, hp: Hyperparameters, dtype: torch.dtype) -> Schedule:
+    """The schedules at ``t = step + 1``, in ``dtype``."""
+    t = step.to(dtype) + 1.0
+    gradient_momentum = hp.beta1 is not None and hp.momentum_of == "gradient"
+    return Schedule(
+        t,
+        second_moment_decay(t, hp.decay_rate, hp.beta2),
+        step_size(t, hp.lr, hp.relative_step, hp.warmup_init),
+        1.0 / (1.0 - hp.beta1**t) if gradient_momentum else None,
+    )
+
+
+class Sums(NamedTuple):
+    """Phase 1's partial sums: ``Σ X²`` (at each of ``PARAM_SCALES``) and, when factored,
+    ``(G/√numel)²`` summed over columns, over rows and over both, and ``Σ_r R_{t−1}/n``."""
+
+    sum_sq_x: Tensor
+    row_sq: Tensor | None
+    col_sq: Tensor | None
+    total_sq: Tensor | None
+    old_row_mean: Tensor | None
+
+
+class Statistics(NamedTuple):
+    """Phase 2's results: ``R_t``, ``C_t`` and the factors of ``1/√V̂_t`` (factored), and the
+    partial sums ``Σ U_t²`` and count of non-finite statistics."""
+
+    row: Tensor | None
+    col: Tensor | None
+    row_factor: Tensor | None
+    col_factor: Tensor | None
+    sum_sq_u: Tensor
+    nonfinite: Tensor
+
+
+class Applied(NamedTuple):
+    """What phase 3 applied: ``α_t``, ``RMS(U_t)``, whether the step was taken (every
+    statistic finite), the scale of ``Û_t`` in the step, ``α_t/max(1, RMS(U_t)/d)``, and the
+    weight decay factor."""
+
+    alpha_t: Tensor
+    update_rms: Tensor
+    finite: Tensor
+    # Returned so that a compiled pass loads them rather than recomputing them per element.
+    step_scale: Tensor
+    decay: Tensor
+
+
+# The three phases of a step, each one pass over the full-size tensors and the O(n + m) math
+# around it. ``fused.py`` compiles these same functions, one generated kernel per phase.
+
+
+def statistics_sums(
+    x: Tensor, grad: Tensor, state: State, hp: Hyperparameters, size: Size, dtype: torch.dtype
+) -> tuple[Schedule, Sums]:
+    """Phase 1: this step's ``schedule`` and the partial sums that the statistics and RMS(X)
+    need (see ``Sums``), in ``dtype`` whatever the dtype of X and G."""
+    sum_sq_x = torch.stack([scaled_square(x, scale, dtype).sum() for scale in PARAM_SCALES])
+    s = schedule(state.step, hp, dtype)
+    if state.exp_avg_sq_row is None:
+        return s, Sums(sum_sq_x, None, None, None, None)
+    r, c = CANONICAL_DIMS
+    g_sq = scaled_square(grad, size.grad_scale, dtype)
+    row_sq = g_sq.sum(dim=c, keepdim=True)
+    return s, Sums(
+        sum_sq_x,
+        row_sq,
+        g_sq.sum(dim=r, keepdim=True),
+        row_sq.sum(dim=r, keepdim=True),
+        (state.exp_avg_sq_row / size.n).sum(dim=r, keepdim=True),
+    )
+
+
+def update_sums(
+    grad: Tensor, state: State, s: Schedule, sums: Sums, hp: Hyperparameters, size: Size
+) -> Statistics:
+    """Phase 2, from phase 1's complete sums: ``R_t, C_t`` and mean_r(R_t), then ``Σ U_t²``
+    and the count of non-finite statistics (not zero when G held a NaN or an Inf, or G²
+    overflowed the state's dtype).
+
+    mean_r(R_t) comes from the sums of phase 1 (the decay is linear), so that ``U_t`` is
+    formed from factors of order one and ``Σ U_t²`` needs no further round."""
+    grad = grad.to(sums.sum_sq_x.dtype)
+    row = col = row_factor = col_factor = None
+    nonfinite = sums.sum_sq_x.new_zeros(())
+    if sums.row_sq is not None:
+        numel, n, m = size.numel, size.n, size.m
+        row = decayed_mean(state.exp_avg_sq_row, numel / m * sums.row_sq, s.beta2_t, hp.eps1)
+        col = decayed_mean(state.exp_avg_sq_col, numel / n * sums.col_sq, s.beta2_t, hp.eps1)
+        mean_r = decayed_mean(
+            sums.old_row_mean, numel / (n * m) * sums.total_sq, s.beta2_t, hp.eps1
+        )
+        row_factor, col_factor = factored_rsqrt(row, col, mean_r)
+        nonfinite = count_nonfinite(row) + count_nonfinite(col)
+    u = update_inputs(state, s, row_factor, col_factor, hp)
+    v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
+    sum_sq_u = normalized_update(grad, u, second_moment=v).square_().sum()
+    if v is not None:
+        nonfinite = nonfinite + count_nonfinite(v)
+    return Statistics(row, col, row_factor, col_factor, sum_sq_u, nonfinite)
+
+
+def apply_update(
+    param: Tensor,
+    grad: Tensor,
+    state: State,
+    s: Schedule,
+    sums: Sums,
+    statistics: Statistics,
+    hp: Hyperparameters,
+    size: Size,
+) -> Applied:
+    """Phase 3, in place, from the complete sums: clip, scale, add momentum and weight decay,
+    ``X ← X − step − decay·X``, and commit the state, all only where every statistic is
+    finite (else count a skip); a bfloat16 ``X`` rounded stochastically if asked."""
+    dtype = sums.sum_sq_x.dtype
+    alpha_t = s.rho_t
+    if hp.scale_parameter:
+        alpha_t = s.rho_t * parameter_scale(sums.sum_sq_x, size.numel, hp.eps2)
+    # An overflowing Σ U² would make the clipped step 0 while the statistics move on.
+    finite = (statistics.nonfinite == 0) & statistics.sum_sq_u.isfinite()
+    update_rms = (statistics.sum_sq_u / max(size.numel, 1)).sqrt()
+    step_scale = alpha_t / clipping_divisor(statistics.sum_sq_u, size.numel, hp.clip_threshold)
+    decay_scale = {"rho": s.rho_t, "alpha": alpha_t, "lr": hp.lr, "none": 1.0}
+    decay = s.t.new_zeros(()) + hp.weight_decay * decay_scale[hp.weight_decay_scale]
+
+    u = update_inputs(state, s, statistics.row_factor, statistics.col_factor, hp)
+    grad = grad.to(dtype)
+    m = adam_momentum(grad, u) if u.bias_correction is not None else None
+    v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
+    step = normalized_update(grad, u, m, v).mul_(step_scale)
+    if m is not None:
+        commit(finite, m, state.exp_avg)
+    if hp.beta1 is not None and hp.momentum_of == "step":
+        step = torch.lerp(state.exp_avg.to(dtype), step, 1.0 - hp.beta1)
+        commit(finite, step, state.exp_avg)
+    if v is not None:
+        commit(finite, v, state.exp_avg_sq)
+    if hp.maximize:
+        step.neg_()
+    # X_t = X − step − decay·X, formed in place in the step's float32 buffer (X may be 16-bit).
+    x_new = step.addcmul_(param, decay).neg_().add_(param)
+    torch.where(finite, x_new, param, out=x_new)
+    if hp.stochastic_rounding and param.dtype == torch.bfloat16:
+        x_new = stochastic_round_to_bfloat16(x_new)
+    param.copy_(x_new)
+
+    if statistics.row is not None:
+        commit(finite, statistics.row, state.exp_avg_sq_row)
+        commit(finite, statistics.col, state.exp_avg_sq_col)
+    state.step.add_(finite)
+    state.nonfinite_skips.add_(finite.logical_not())
+    return Applied(alpha_t, update_rms, finite, step_scale, decay)
+
+
+def whole_step(
+    param: Tensor,
+    grad: Tensor,
+    state: State,
+    hp: Hyperparameters,
+    size: Size,
+    dtype: torch.dtype,
+) -> tuple[Schedule, Statistics, Applied]:
+    """The three phases back to back, for a parameter this process holds whole (its sums are
+    complete as they are): one function, so one compiled call per parameter. The schedule and
+    statistics are returned too, so that a compiled step computes them once rather than again
+    for every element of the loops that read them."""
+    s, sums = statistics_sums(param, grad, state, hp, size, dtype)
+    statistics = update_sums(grad, state, s, sums, hp, size)
+    return s, statistics, apply_update(param, grad, state, s, sums, statistics, hp, size)
+
+
+def update_inputs(
+    state: State,
+    s: Schedule,
+    row_factor: Tensor | None,
+    col_factor: Tensor | None,
+    hp: Hyperparameters,
+) -> UpdateInputs:
+    """What ``normalized_update`` reads, gathered from the state, schedule and statistics."""
+    return UpdateInputs(
+        exp_avg=state.exp_avg,
+        exp_avg_sq=state.exp_avg_sq,
+        row_factor=row_factor,
+        col_factor=col_factor,
+        beta1=hp.beta1,
+        bias_correction=s.bias_correction,
+        beta2_t=s.beta2_t,
+        eps1=hp.eps1,
+    )
+
+
+class Kernels(NamedTuple):
+    """The phases a step runs: these functions as they are, or compiled."""
+
+    statistics_sums: Callable[..., tuple[Schedule, Sums]] = statistics_sums
+    update_sums: Callable[..., Statistics] = update_sums
+    apply_update: Callable[..., Applied] = apply_update
+    whole_step: Callable[..., tuple[Schedule, Statistics, Applied]] = whole_step
+
+
+EAGER = Kernels()
+
+
 class ParamStep:
     """One parameter's step, carried through the phases (see the module docstring).
 
     ``param``, ``grad`` and ``state`` are the tensors this process holds (the local shard of
     a distributed parameter); ``shape`` is the whole parameter's shape; ``dims`` the factored
-    pair or ``None``; ``key`` the parameter that the partial sums name (default ``param``). ``state`` holds ``step`` (updates applied so far), ``nonfinite_skips``,
-    either ``exp_avg_sq_row``/``exp_avg_sq_col`` or ``exp_avg_sq``, and ``exp_avg`` when
+    pair or ``None``; ``key`` the parameter that the partial sums name (default ``param``).
+    ``state`` holds ``step`` (updates applied so far), ``nonfinite_skips``, either
+    ``exp_avg_sq_row``/``exp_avg_sq_col`` or ``exp_avg_sq``, and ``exp_avg`` when
     ``hp.beta1`` is set.
 
     A gradient with a NaN or Inf anywhere, or so large that its square overflows the state's
@@ -316,143 +531,89 @@ class ParamStep:
         self,
         param: Tensor,
         grad: Tensor,
-        state: dict[str, Tensor],
+        state: Mapping[str, Tensor],
         hp: Hyperparameters,
         dims: tuple[int, int] | None,
         shape: Sequence[int],
         key: Tensor | None = None,
         kernels: Kernels = EAGER,
     ) -> None:
-        self.hp, self.dims = hp, dims
+        self.hp, self.dims, self.kernels = hp, dims, kernels
         self.key = param if key is None else key
         # Every tensor is seen as (A, n, B, m, C), factored over dims 1 and 3, or flat: two
         # shapes of kernel, whatever the parameters' ranks.
         self.whole_param = param
         self.param = canonical(param if param.is_contiguous() else param.contiguous(), dims)
         self.grad = canonical(grad.contiguous(), dims)
-        self.state = {k: v if k in COUNTERS else canonical(v, dims) for k, v in state.items()}
-        self.kernels = kernels
-        self.shape = tuple(shape)
-        self.numel = math.prod(self.shape)
+        self.state = State.of(state, dims)
+        self.size = Size.of(shape, dims)
+        self.all_dims = tuple(range(len(shape)))
         self.dtype = state_dtype(param.dtype)
-        self.t = state["step"].to(self.dtype) + 1.0
-        self.beta2_t = second_moment_decay(self.t, hp.decay_rate, hp.beta2)
-        self.rho_t = step_size(self.t, hp.lr, hp.relative_step, hp.warmup_init)
-        gradient_momentum = hp.beta1 is not None and hp.momentum_of == "gradient"
-        self.bias_correction = 1.0 / (1.0 - hp.beta1**self.t) if gradient_momentum else None
-
-    def _all_dims(self) -> tuple[int, ...]:
-        return tuple(range(len(self.shape)))
-
-    def _update_inputs(self) -> UpdateInputs:
-        return UpdateInputs(
-            exp_avg=self.state.get("exp_avg"),
-            exp_avg_sq=self.state.get("exp_avg_sq"),
-            row_factor=getattr(self, "row_factor", None),
-            col_factor=getattr(self, "col_factor", None),
-            beta1=self.hp.beta1,
-            bias_correction=self.bias_correction,
-            beta2_t=self.beta2_t,
-            eps1=self.hp.eps1,
-        )
 
     def local_sums(self) -> list[Partial]:
-        """Phase 1: ``Σ X²``; when factored, G²'s row sums, column sums and total, and the
-        old R's sum over rows (X scaled by ``PARAM_SCALES``, G by ``1/√numel``)."""
-        factored = self.dims is not None
-        self.sum_sq_x, self.row_sq, col_sq = self.kernels.square_sums(
-            self.param,
-            self.grad,
-            CANONICAL_DIMS if factored else None,
-            max(self.numel, 1) ** -0.5,
-            self.dtype,
+        """Phase 1 (``statistics_sums``), as partial sums to complete."""
+        self.schedule, sums = self.kernels.statistics_sums(
+            self.param, self.grad, self.state, self.hp, self.size, self.dtype
         )
-        sums = [Partial(self.sum_sq_x, self.key, self._all_dims())]
-        if factored:
+        self.sums = sums
+        partials = [Partial(sums.sum_sq_x, self.key, self.all_dims)]
+        if self.dims is not None:
             r, c = self.dims
-            self.col_sq = col_sq
-            self.total_sq = self.row_sq.sum(dim=1, keepdim=True)
-            old_row = self.state["exp_avg_sq_row"]
-            self.old_row_mean = (old_row / self.shape[r]).sum(dim=1, keepdim=True)
-            sums += [
-                Partial(self.row_sq, self.key, (c,)),
-                Partial(self.col_sq, self.key, (r,)),
-                Partial(self.total_sq, self.key, (r, c)),
-                Partial(self.old_row_mean, self.key, (r,)),
+            partials += [
+                Partial(sums.row_sq, self.key, (c,)),
+                Partial(sums.col_sq, self.key, (r,)),
+                Partial(sums.total_sq, self.key, (r, c)),
+                Partial(sums.old_row_mean, self.key, (r,)),
             ]
-        return sums
+        return partials
 
     def clipping_sums(self) -> list[Partial]:
-        """Phase 2: ``R_t, C_t`` and mean_r(R_t) from the complete sums, then ``Σ U_t²`` and
-        the count of non-finite statistics (not zero when G held a NaN or an Inf, or G²
-        overflowed the state's dtype).
-
-        mean_r(R_t) comes from the sums of phase 1 (the decay is linear), so that ``U_t`` is
-        formed from factors of order one and ``Σ U_t²`` needs no further round."""
-        hp = self.hp
-        self.alpha_t = self.rho_t
-        if hp.scale_parameter:
-            self.alpha_t = self.rho_t * parameter_scale(self.sum_sq_x, self.numel, hp.eps2)
-        nonfinite = []
-        if self.dims is not None:
-            r, c = self.dims
-            n, m, numel = self.shape[r], self.shape[c], self.numel
-            row_mean = numel / m * self.row_sq
-            col_mean = numel / n * self.col_sq
-            total_mean = numel / (n * m) * self.total_sq
-            self.row = decayed_mean(self.state["exp_avg_sq_row"], row_mean, self.beta2_t, hp.eps1)
-            self.col = decayed_mean(self.state["exp_avg_sq_col"], col_mean, self.beta2_t, hp.eps1)
-            mean_r = decayed_mean(self.old_row_mean, total_mean, self.beta2_t, hp.eps1)
-            self.row_factor, self.col_factor = factored_rsqrt(self.row, self.col, mean_r)
-            nonfinite = [
-                x.isfinite().logical_not().sum(dtype=self.dtype) for x in (self.row, self.col)
-            ]
-        self.sum_sq_u, nonfinite_v = self.kernels.update_square_sum(
-            self.grad, self._update_inputs()
+        """Phase 2 (``update_sums``), as partial sums to complete."""
+        self.statistics = statistics = self.kernels.update_sums(
+            self.grad, self.state, self.schedule, self.sums, self.hp, self.size
         )
-        self.nonfinite = sum(nonfinite, nonfinite_v)
         return [
-            Partial(self.nonfinite, self.key, self._all_dims()),
-            Partial(self.sum_sq_u, self.key, self._all_dims()),
+            Partial(statistics.nonfinite, self.key, self.all_dims),
+            Partial(statistics.sum_sq_u, self.key, self.all_dims),
         ]
 
-    def apply(self) -> None:
-        """Phase 3: clip, scale, add momentum and weight decay, and commit where finite."""
-        hp = self.hp
-        # An overflowing Σ U² would make the clipped step 0 while the statistics move on.
-        self.finite = finite = (self.nonfinite == 0) & self.sum_sq_u.isfinite()
-        self.update_rms = (self.sum_sq_u / max(self.numel, 1)).sqrt()
-        step_scale = self.alpha_t / clipping_divisor(self.sum_sq_u, self.numel, hp.clip_threshold)
-        decay_scale = {"rho": self.rho_t, "alpha": self.alpha_t, "lr": hp.lr, "none": 1.0}
-        decay = self.t.new_tensor(0.0) + hp.weight_decay * decay_scale[hp.weight_decay_scale]
-        self.kernels.apply_update(
+    def apply(self) -> Applied:
+        """Phase 3 (``apply_update``)."""
+        applied = self.kernels.apply_update(
             self.param,
             self.grad,
-            self._update_inputs(),
-            step_scale,
-            decay,
-            finite,
-            hp.beta1 is not None and hp.momentum_of == "step",
-            hp.maximize,
-            hp.stochastic_rounding,
+            self.state,
+            self.schedule,
+            self.sums,
+            self.statistics,
+            self.hp,
+            self.size,
         )
-        if self.dims is not None:
-            commit(finite, self.row, self.state["exp_avg_sq_row"])
-            commit(finite, self.col, self.state["exp_avg_sq_col"])
-        self.state["step"].add_(finite)
-        self.state["nonfinite_skips"].add_(finite.logical_not())
+        self._write_back()
+        return applied
+
+    def run_whole(self) -> Applied:
+        """All three phases at once (``whole_step``), for a parameter held whole."""
+        *_, applied = self.kernels.whole_step(
+            self.param, self.grad, self.state, self.hp, self.size, self.dtype
+        )
+        self._write_back()
+        return applied
+
+    def _write_back(self) -> None:
         if not self.whole_param.is_contiguous():
             self.whole_param.copy_(self.param.view(self.whole_param.shape))
 
 
-def adafactor_group_step(steps: Sequence[ParamStep], complete: CompleteSums) -> None:
-    """Step every parameter of a group: each phase for all of them, then their sums completed
-    together (one batched reduction per phase when distributed)."""
+def adafactor_group_step(
+    steps: Sequence[ParamStep], complete: CompleteSums | None = None
+) -> list[Applied]:
+    """Step every parameter of a group. Parameters held whole (``complete`` is ``None``) step
+    one after another; pieces of distributed parameters step phase by phase, all of them
+    together, with ``complete`` adding up their partial sums between phases (one batched
+    reduction per phase)."""
+    if complete is None:
+        return [step.run_whole() for step in steps]
     complete([s for step in steps for s in step.local_sums()])
     complete([s for step in steps for s in step.clipping_sums()])
-    for step in steps:
-        step.apply()
-
-
-def whole(_: Sequence[Partial]) -> None:
-    """``CompleteSums`` for parameters held whole by this process: nothing to add."""
+    return [step.apply() for step in steps]

@@ -1,11 +1,11 @@
-"""The fast path: the step's full-size passes (``algorithm.Kernels``) compiled by
-``torch.compile``, so that each pass reads every tensor once, in one generated loop, with no
-full-size temporaries.
+"""The fast path: a step's phases (``algorithm.Kernels``) compiled by ``torch.compile``, so
+that each pass over a tensor is one generated loop with no full-size temporaries, and a
+parameter held whole steps in one compiled call (``whole_step``).
 
 The compiled functions are the same ones the eager path runs, so the math exists once. The
-per-step scalars (β̂2_t, ρ_t, α_t, the clipping divisor) enter as 0-d tensors and shapes become
-dynamic after the second one seen, so training neither recompiles every step nor once per
-parameter shape.
+per-step scalars (β̂2_t, ρ_t, α_t, the clipping divisor) are 0-d tensors, options and sizes
+enter as symbolic numbers and shapes are dynamic, so training neither recompiles every step
+nor once per parameter shape or learning rate.
 """
 
 from __future__ import annotations
@@ -25,12 +25,6 @@ from .algorithm import EAGER, Kernels
 AUTO_MIN_NUMEL = 1 << 22
 """With ``fused=None``, a group is compiled once it holds this many elements: below it the
 first step's compile time (seconds) costs more than the eager path over a typical run."""
-
-
-MIN_PARAM_NUMEL = 1 << 16
-"""Tensors smaller than this step eagerly even in a compiled group: a compiled call costs more
-than the eager ops it replaces (measured on 2 CPU cores: a 512-vector 208 µs compiled vs 130 µs
-eager per step, 512×512 546 µs vs 736 µs)."""
 
 
 def can_compile(device: torch.device) -> bool:
@@ -113,8 +107,3 @@ def kernels_for(setting: bool | None, params: Iterable[Tensor]) -> Kernels:
     if not use_fused(setting, params):
         return EAGER
     return compiled_kernels(fall_back=setting is None)
-
-
-def kernels_for_tensor(group_kernels: Kernels, tensor: Tensor) -> Kernels:
-    """The group's kernels, or the eager ones for a tensor too small to gain from compiling."""
-    return group_kernels if tensor.numel() >= MIN_PARAM_NUMEL else EAGER

@@ -20,16 +20,23 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from .algorithm import (
     MOMENTUM_KINDS,
     WEIGHT_DECAY_SCALES,
+    Applied,
     Hyperparameters,
     Momentum,
     ParamStep,
     WeightDecayScale,
     adafactor_group_step,
-    whole,
 )
 from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
-from .factoring import FACTOR_RULES, FactorRule, StateSpec, factored_dims, state_layout
-from .fused import kernels_for, kernels_for_tensor
+from .factoring import (
+    FACTOR_RULES,
+    FactorRule,
+    StateSpec,
+    factored_dims,
+    state_dtype,
+    state_layout,
+)
+from .fused import kernels_for
 
 CORE_OPTIONS = frozenset(
     {"lr", "eps", "clip_threshold", "decay_rate", "beta1", "beta2", "relative_step"}
@@ -222,9 +229,10 @@ class Adafactor(Optimizer):
                 loss = closure()
 
         for group, params in self._gather():
-            hp = Hyperparameters.from_group(group)
+            options = Hyperparameters.from_group(group)
             kernels = kernels_for(group["fused"], group["params"])
             steps = []
+            hps: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
             for p in params:
                 state = self.state[p]
                 if not state:
@@ -233,34 +241,38 @@ class Adafactor(Optimizer):
                     )
                 local_state = {k: local(v) for k, v in state.items()}
                 dims = _dims(p, group)
+                where = (local(p).device, state_dtype(p.dtype))
+                if where not in hps:
+                    hps[where] = options.as_tensors(*where)
                 steps.append(
                     ParamStep(
                         local(p),
                         local(p.grad),
                         local_state,
-                        hp,
+                        hps[where],
                         dims,
                         p.shape,
                         p,
-                        kernels_for_tensor(kernels, local(p)),
+                        kernels,
                     )
                 )
-            adafactor_group_step(
-                steps, complete_sums if any(map(is_distributed, params)) else whole
+            applied = adafactor_group_step(
+                steps, complete_sums if any(map(is_distributed, params)) else None
             )
             if group["diagnostics"]:
-                for p, step in zip(params, steps):
-                    self._record(p, step, group["clip_threshold"])
+                for p, result in zip(params, applied):
+                    self._record(p, result, group["clip_threshold"])
         return loss
 
-    def _record(self, p: Tensor, step: ParamStep, clip_threshold: float | None) -> None:
+    def _record(self, p: Tensor, applied: Applied, clip_threshold: float | None) -> None:
         record = self.diagnostics.setdefault(
-            p, {"clipped_steps": torch.zeros((), dtype=torch.int64, device=step.t.device)}
+            p,
+            {"clipped_steps": torch.zeros((), dtype=torch.int64, device=applied.finite.device)},
         )
-        record["step_size"] = step.alpha_t
-        record["update_rms"] = step.update_rms
+        record["step_size"] = applied.alpha_t
+        record["update_rms"] = applied.update_rms
         if clip_threshold is not None:
-            record["clipped_steps"].add_(step.finite & (step.update_rms > clip_threshold))
+            record["clipped_steps"].add_(applied.finite & (applied.update_rms > clip_threshold))
 
     def _gather(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
         """The parameters to update, group by group, after checking every one of them, so that

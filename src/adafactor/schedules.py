@@ -2,7 +2,7 @@
 
 Every function takes the step number ``t`` (1-based, the number of the update being made) as
 a 0-d tensor, so that no value ever has to leave the device and a compiled step never has to
-specialise on it.
+specialise on it; options may be floats or 0-d tensors.
 
 * Section 7.2: the increasing decay ``β̂2_t = 1 − t^(−c)``; with ``c = 1`` V̂ is the plain
   average of all squared gradients so far, and as ``c → 0`` it forgets immediately.
@@ -16,30 +16,34 @@ specialise on it.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+
+Number = float | Tensor
+"""An option's value: a Python float, or a 0-d tensor (as a compiled step gets it)."""
 
 WARMUP_SLOPE = 1e-6
 """Slope of the paper's linear warm-up of the relative step size (Section 8)."""
 
 
-def decay_rate_beta2(t: Tensor, c: float) -> Tensor:
+def decay_rate_beta2(t: Tensor, c: Number) -> Tensor:
     """``β̂2_t = 1 − t^(−c)``: the paper's increasing decay (zero at t = 1)."""
     return 1.0 - t.pow(-c)
 
 
-def bias_corrected_beta2(t: Tensor, beta2: float) -> Tensor:
+def bias_corrected_beta2(t: Tensor, beta2: Number) -> Tensor:
     """``β̂2_t = β2·(1 − β2^(t−1)) / (1 − β2^t)``: Adam's constant β2 with bias correction."""
     return beta2 * (1.0 - beta2 ** (t - 1.0)) / (1.0 - beta2**t)
 
 
-def second_moment_decay(t: Tensor, decay_rate: float, beta2: float | None) -> Tensor:
+def second_moment_decay(t: Tensor, decay_rate: Number, beta2: Number | None) -> Tensor:
     """β̂2_t for a group: Adam-style when ``beta2`` is given, else ``1 − t^(−decay_rate)``."""
     if beta2 is not None:
         return bias_corrected_beta2(t, beta2)
     return decay_rate_beta2(t, decay_rate)
 
 
-def relative_step_size(t: Tensor, lr: float, warmup_init: bool) -> Tensor:
+def relative_step_size(t: Tensor, lr: Number, warmup_init: bool) -> Tensor:
     """``ρ_t = min(lr, 1/√t)``, or ``min(lr, 10⁻⁶·t, 1/√t)`` with warm-up."""
     rho = t.rsqrt().clamp(max=lr)
     if warmup_init:
@@ -47,8 +51,8 @@ def relative_step_size(t: Tensor, lr: float, warmup_init: bool) -> Tensor:
     return rho
 
 
-def step_size(t: Tensor, lr: float, relative_step: bool, warmup_init: bool) -> Tensor:
+def step_size(t: Tensor, lr: Number, relative_step: bool, warmup_init: bool) -> Tensor:
     """ρ_t for a group: the relative schedule, or the (scheduler-driven) ``lr`` itself."""
     if relative_step:
         return relative_step_size(t, lr, warmup_init)
-    return t.new_full((), lr)
+    return torch.zeros_like(t) + lr
