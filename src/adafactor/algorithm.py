@@ -224,7 +224,7 @@ def stochastic_round_to_bfloat16(x: Tensor) -> Tensor:
     instead of being lost."""
     bits = x.view(torch.int32)
     noise = torch.randint_like(bits, 0, 1 << 16)
-    return ((bits + noise) & -(1 << 16)).view(torch.float32).to(torch.bfloat16)
+    return noise.add_(bits).bitwise_and_(-(1 << 16)).view(torch.float32).to(torch.bfloat16)
 
 
 def count_nonfinite(x: Tensor) -> Tensor:
@@ -386,7 +386,7 @@ def update_sums(
 
     mean_r(R_t) comes from the sums of phase 1 (the decay is linear), so that ``U_t`` is
     formed from factors of order one and ``Σ U_t²`` needs no further round."""
-    grad = grad.to(sums.sum_sq_x.dtype)
+    grad = widened(grad, state, hp, sums.sum_sq_x.dtype)
     row = col = row_factor = col_factor = None
     nonfinite = sums.sum_sq_x.new_zeros(())
     if sums.row_sq is not None:
@@ -431,7 +431,7 @@ def apply_update(
     decay = s.t.new_zeros(()) + hp.weight_decay * decay_scale[hp.weight_decay_scale]
 
     u = update_inputs(state, s, statistics.row_factor, statistics.col_factor, hp)
-    grad = grad.to(dtype)
+    grad = widened(grad, state, hp, dtype)
     m = adam_momentum(grad, u) if u.bias_correction is not None else None
     v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
     step = normalized_update(grad, u, m, v).mul_(step_scale)
@@ -444,9 +444,10 @@ def apply_update(
         commit(finite, v, state.exp_avg_sq)
     if hp.maximize:
         step.neg_()
-    # X_t = X − step − decay·X, formed in place in the step's float32 buffer (X may be 16-bit).
-    x_new = step.addcmul_(param, decay).neg_().add_(param)
-    torch.where(finite, x_new, param, out=x_new)
+    # X_t = X − (step + decay·X), or X where a statistic is not finite; formed in place in the
+    # step's float32 buffer (X may be 16-bit: mixing it in as it is read copies nothing).
+    step.addcmul_(param, decay)
+    x_new = step.masked_fill_(finite.logical_not(), 0.0).neg_().add_(param)
     if hp.stochastic_rounding and param.dtype == torch.bfloat16:
         x_new = stochastic_round_to_bfloat16(x_new)
     param.copy_(x_new)
@@ -474,6 +475,16 @@ def whole_step(
     s, sums = statistics_sums(param, grad, state, hp, size, dtype)
     statistics = update_sums(grad, state, s, sums, hp, size)
     return s, statistics, apply_update(param, grad, state, s, sums, statistics, hp, size)
+
+
+def widened(grad: Tensor, state: State, hp: Hyperparameters, dtype: torch.dtype) -> Tensor:
+    """G in ``dtype`` where a 16-bit G would otherwise meet an op in its own dtype (a full
+    V̂'s G², Adam-style momentum); else G as it is, since a 16-bit G times the float32 factors
+    is widened as it is read, with no full-size copy."""
+    gradient_momentum = hp.beta1 is not None and hp.momentum_of == "gradient"
+    if state.exp_avg_sq is not None or gradient_momentum:
+        return grad.to(dtype)
+    return grad
 
 
 def update_inputs(

@@ -36,7 +36,7 @@ from .factoring import (
     state_dtype,
     state_layout,
 )
-from .fused import kernels_for
+from .fused import compile_limits, kernels_for
 
 CORE_OPTIONS = frozenset(
     {"lr", "eps", "clip_threshold", "decay_rate", "beta1", "beta2", "relative_step"}
@@ -256,9 +256,10 @@ class Adafactor(Optimizer):
                         kernels,
                     )
                 )
-            applied = adafactor_group_step(
-                steps, complete_sums if any(map(is_distributed, params)) else None
-            )
+            with compile_limits(kernels):
+                applied = adafactor_group_step(
+                    steps, complete_sums if any(map(is_distributed, params)) else None
+                )
             if group["diagnostics"]:
                 for p, result in zip(params, applied):
                     self._record(p, result, group["clip_threshold"])
