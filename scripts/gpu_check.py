@@ -8,7 +8,8 @@
 3. A learning-rate schedule recompiles nothing.
 4. Median step time, side by side and interleaved, of this Adafactor (eager and fused),
    ``torch.optim.Adafactor(foreach=True)`` and ``torch.optim.AdamW(fused=True)`` on the
-   T5-small-like and GPT-2-small-like parameter sets, fp32 and bf16 (CUDA events).
+   T5-small-like and GPT-2-small-like parameter sets, fp32 and bf16 (CUDA events); then the
+   same with each whole step captured in a CUDA graph and replayed.
 
 Prints a table and writes ``gpu_check.json`` under ``--out``.
 """
@@ -105,6 +106,50 @@ def time_steps(set_name: str, dtype: torch.dtype, rounds: int, steps: int) -> di
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def time_graphed(set_name: str, dtype: torch.dtype, replays: int) -> dict[str, float | str]:
+    """Median step time when the whole step is captured once in a CUDA graph and replayed:
+    what remains once the host's per-tensor overhead is gone (needs a step with no host sync;
+    options are baked into the graph at capture)."""
+    shapes = [t.shape for t in MODELS[set_name]().values()]
+    makers = {
+        "adafactor (eager), CUDA graph": lambda ps: Adafactor(ps, fused=False),
+        "adafactor (fused), CUDA graph": lambda ps: Adafactor(ps, fused=True),
+        "torch Adafactor (foreach), CUDA graph": lambda ps: torch.optim.Adafactor(ps, foreach=True),
+        "AdamW (fused, capturable), CUDA graph": lambda ps: torch.optim.AdamW(
+            ps, fused=True, capturable=True
+        ),
+    }
+    medians: dict[str, float | str] = {}
+    for name, make in makers.items():
+        ps = [torch.nn.Parameter(torch.randn(s, device="cuda", dtype=dtype)) for s in shapes]
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt = make(ps)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    opt.step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                opt.step()
+        except Exception as error:  # a peer that cannot be captured is reported, not fatal
+            medians[name] = f"not capturable: {type(error).__name__}"
+            continue
+        times = []
+        for _ in range(replays):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        medians[name] = statistics.median(times)
+    return medians
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
@@ -127,6 +172,14 @@ def main() -> int:
                 row["x_adamw_fused"] = ms / adamw
                 results.append(row)
                 print(f"{set_name:10} {str(dtype):15} {name:26} {ms:8.3f} ms  {ms / adamw:5.2f}×")
+    for set_name in MODELS:
+        for dtype in (torch.float32, torch.bfloat16):
+            for name, value in time_graphed(set_name, dtype, 20).items():
+                results.append(
+                    {"set": set_name, "dtype": str(dtype), "candidate": name, "ms": value}
+                )
+                shown = f"{value:8.3f} ms" if isinstance(value, float) else value
+                print(f"{set_name:10} {str(dtype):15} {name:38} {shown}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = {"torch": torch.__version__, "device": torch.cuda.get_device_name()}
