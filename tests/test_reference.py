@@ -35,6 +35,18 @@ def test_defaults_match_reference_to_float64_round_off_over_many_steps():
     assert int(state["step"]) == 300
 
 
+def test_tall_matrices_match_reference():
+    # Rows in multiples of algorithm.ROW_BLOCKS (at least two blocks) take the blocked column
+    # sums; 200 rows do not. Both must be the paper's statistics to float64 round-off.
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(256, 9), (200, 9)]]
+    params.append(torch.randn(2, 192, 5, generator=gen, dtype=torch.float64))  # rows 192, A = 2
+    steps = [[wide_gradient(tuple(p.shape), gen) for p in params] for _ in range(20)]
+    _, ours, ref = run_side_by_side(params, steps)
+    for p, r in zip(ours, ref.params):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-15)
+
+
 def test_first_step_by_hand():
     # A rank-one gradient G = a b^T is estimated exactly by R C / 1^T R (up to eps1), so
     # U = sign(G), RMS(U) = 1, and X_1 = X_0 - min(1e-2, 1) * max(1e-3, RMS(X_0)) * sign(G).
