@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from adafactor import Adafactor, adam_state_bytes, optimizer_state_bytes, state_bytes
@@ -30,3 +31,31 @@ def test_adam_state_and_ratio_on_meta_tensors():
     assert report.adam == sum(2 * p.numel() * 4 + 4 for p in params)
     assert report.adam == adam_state_bytes(params)
     assert report.ratio < 0.005
+
+
+@pytest.mark.parametrize(
+    "dtype, options",
+    [
+        (torch.float32, {}),
+        (torch.bfloat16, {}),
+        (torch.float32, {"beta1": 0.9, "momentum_of": "gradient", "weight_decay": 0.1}),
+        (torch.bfloat16, {"beta1": 0.9, "factored": False, "stochastic_rounding": True}),
+    ],
+)
+def test_eager_step_temporaries_are_bounded_by_chunks_not_by_the_parameter(dtype, options):
+    # A 32 MiB (fp32) matrix and a 12 MiB vector: the eager step works through them in chunks
+    # of CHUNK_NUMEL elements (4 MiB in float32), so what is live at once is a few chunk-sized
+    # buffers plus O(n + m) vectors, never a copy of a parameter. The most, 4.5 chunks, is
+    # bfloat16 with a full V̂ and stochastic rounding (G widened, V̂, the update, X widened to
+    # be mixed in, the rounding noise).
+    from adafactor.algorithm import CHUNK_NUMEL
+    from adafactor.bench import _profiled_peak
+
+    params = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in [(4096, 2048), (3 << 20,)]]
+    opt = Adafactor(params, fused=False, **options)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()  # the state is allocated once, outside the measured step
+    peak = _profiled_peak(opt.step)
+    chunk_bytes, largest = CHUNK_NUMEL * 4, 4096 * 2048 * 4
+    assert peak <= 5 * chunk_bytes < largest

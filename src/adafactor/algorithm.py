@@ -141,9 +141,10 @@ def scaled_square(x: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
     return x.to(dtype, copy=True).mul_(scale).square_()
 
 
-def decayed_mean(old: Tensor, mean: Tensor, beta2_t: Tensor, eps1: float) -> Tensor:
-    """``β̂2_t·old + (1 − β̂2_t)·(mean + ε1)``: one step of a second-moment statistic."""
-    return torch.lerp(old, mean + eps1, 1.0 - beta2_t)
+def decayed_mean(old: Tensor, mean: Tensor, beta2_t: Tensor, eps1: Number) -> Tensor:
+    """``β̂2_t·old + (1 − β̂2_t)·(mean + ε1)``: one step of a second-moment statistic. ``mean``
+    is a fresh tensor that this consumes (ε1 is added to it in place)."""
+    return torch.lerp(old, mean.add_(eps1), 1.0 - beta2_t)
 
 
 def parameter_scale(sums_sq_x: Tensor, numel: int, eps2: float) -> Tensor:
@@ -180,6 +181,15 @@ class UpdateInputs(NamedTuple):
     beta2_t: Tensor
     eps1: Number
 
+    def rows(self, rows: slice) -> UpdateInputs:
+        """The inputs for rows ``rows`` of the update (see ``rows_of``)."""
+        return self._replace(
+            exp_avg=rows_of(self.exp_avg, rows),
+            exp_avg_sq=rows_of(self.exp_avg_sq, rows),
+            row_factor=rows_of(self.row_factor, rows),
+            col_factor=rows_of(self.col_factor, rows),
+        )
+
 
 def adam_momentum(grad: Tensor, u: UpdateInputs) -> Tensor:
     """``m_t = β1·m_{t−1} + (1 − β1)·G_t`` (Adam-style momentum), a new tensor."""
@@ -201,12 +211,15 @@ def normalized_update(
     ``second_moment`` are ``m_t`` and a full ``V̂_t`` where the caller has them already."""
     direction = grad
     if u.bias_correction is not None:
-        m = adam_momentum(grad, u) if momentum is None else momentum
-        direction = m * u.bias_correction
+        direction = adam_momentum(grad, u) if momentum is None else momentum
     if u.exp_avg_sq is not None:
         v = full_second_moment(grad, u) if second_moment is None else second_moment
-        return v.rsqrt().mul_(direction)
-    return (direction * u.row_factor).mul_(u.col_factor)
+        update = v.rsqrt().mul_(direction)
+    else:
+        update = (direction * u.row_factor).mul_(u.col_factor)
+    if u.bias_correction is not None:
+        update.mul_(u.bias_correction)  # m̂_t = m_t·bias_correction
+    return update
 
 
 def commit(finite: Tensor, new: Tensor, state: Tensor) -> None:
@@ -361,17 +374,26 @@ def statistics_sums(
 ) -> tuple[Schedule, Sums]:
     """Phase 1: this step's ``schedule`` and the partial sums that the statistics and RMS(X)
     need (see ``Sums``), in ``dtype`` whatever the dtype of X and G."""
-    sum_sq_x = torch.stack([scaled_square(x, scale, dtype).sum() for scale in PARAM_SCALES])
+    chunks = row_chunks(x)
+    sum_sq_x = sum(
+        torch.stack([scaled_square(rows_of(x, rows), k, dtype).sum() for k in PARAM_SCALES])
+        for rows in chunks
+    )
     s = schedule(state.step, hp, dtype)
     if state.exp_avg_sq_row is None:
         return s, Sums(sum_sq_x, None, None, None, None)
     r, c = CANONICAL_DIMS
-    g_sq = scaled_square(grad, size.grad_scale, dtype)
-    row_sq = g_sq.sum(dim=c, keepdim=True)
+    row_sq, col_sq = [], []
+    for rows in chunks:
+        g_sq = scaled_square(rows_of(grad, rows), size.grad_scale, dtype)
+        row_sq.append(g_sq.sum(dim=c, keepdim=True))
+        col_sq.append(column_sums(g_sq))
+        del g_sq  # before the next chunk's is made
+    row_sq = torch.cat(row_sq, dim=r) if len(row_sq) > 1 else row_sq[0]
     return s, Sums(
         sum_sq_x,
         row_sq,
-        column_sums(g_sq),
+        sum(col_sq[1:], col_sq[0]),
         row_sq.sum(dim=r, keepdim=True),
         (state.exp_avg_sq_row / size.n).sum(dim=r, keepdim=True),
     )
@@ -402,7 +424,7 @@ def update_sums(
 
     mean_r(R_t) comes from the sums of phase 1 (the decay is linear), so that ``U_t`` is
     formed from factors of order one and ``Σ U_t²`` needs no further round."""
-    grad = widened(grad, state, hp, sums.sum_sq_x.dtype)
+    dtype = sums.sum_sq_x.dtype
     row = col = row_factor = col_factor = None
     nonfinite = sums.sum_sq_x.new_zeros(())
     if sums.row_sq is not None:
@@ -415,10 +437,14 @@ def update_sums(
         row_factor, col_factor = factored_rsqrt(row, col, mean_r)
         nonfinite = count_nonfinite(row) + count_nonfinite(col)
     u = update_inputs(state, s, row_factor, col_factor, hp)
-    v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
-    sum_sq_u = normalized_update(grad, u, second_moment=v).square_().sum()
-    if v is not None:
-        nonfinite = nonfinite + count_nonfinite(v)
+    sum_sq_u = sums.sum_sq_x.new_zeros(())
+    for rows in row_chunks(grad):
+        g, u_rows = widened(rows_of(grad, rows), u, dtype), u.rows(rows)
+        v = full_second_moment(g, u_rows) if u.exp_avg_sq is not None else None
+        sum_sq_u = sum_sq_u + normalized_update(g, u_rows, second_moment=v).square_().sum()
+        if v is not None:
+            nonfinite = nonfinite + count_nonfinite(v)
+        del g, v  # before the next chunk's are made
     return Statistics(row, col, row_factor, col_factor, sum_sq_u, nonfinite)
 
 
@@ -447,26 +473,10 @@ def apply_update(
     decay = s.t.new_zeros(()) + hp.weight_decay * decay_scale[hp.weight_decay_scale]
 
     u = update_inputs(state, s, statistics.row_factor, statistics.col_factor, hp)
-    grad = widened(grad, state, hp, dtype)
-    m = adam_momentum(grad, u) if u.bias_correction is not None else None
-    v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
-    step = normalized_update(grad, u, m, v).mul_(step_scale)
-    if m is not None:
-        commit(finite, m, state.exp_avg)
-    if hp.beta1 is not None and hp.momentum_of == "step":
-        step = torch.lerp(state.exp_avg.to(dtype), step, 1.0 - hp.beta1)
-        commit(finite, step, state.exp_avg)
-    if v is not None:
-        commit(finite, v, state.exp_avg_sq)
-    if hp.maximize:
-        step.neg_()
-    # X_t = X − (step + decay·X), or X where a statistic is not finite; formed in place in the
-    # step's float32 buffer (X may be 16-bit: mixing it in as it is read copies nothing).
-    step.addcmul_(param, decay)
-    x_new = step.masked_fill_(finite.logical_not(), 0.0).neg_().add_(param)
-    if hp.stochastic_rounding and param.dtype == torch.bfloat16:
-        x_new = stochastic_round_to_bfloat16(x_new)
-    param.copy_(x_new)
+    for rows in row_chunks(param):
+        update_rows(
+            rows_of(param, rows), rows_of(grad, rows), u.rows(rows), step_scale, decay, finite, hp
+        )
 
     if statistics.row is not None:
         commit(finite, statistics.row, state.exp_avg_sq_row)
@@ -474,6 +484,41 @@ def apply_update(
     state.step.add_(finite)
     state.nonfinite_skips.add_(finite.logical_not())
     return Applied(alpha_t, update_rms, finite, step_scale, decay)
+
+
+def update_rows(
+    param: Tensor,
+    grad: Tensor,
+    u: UpdateInputs,
+    step_scale: Tensor,
+    decay: Tensor,
+    finite: Tensor,
+    hp: Hyperparameters,
+) -> None:
+    """Phase 3's pass over the full-size tensors (or some of their rows, with ``u`` cut to the
+    same rows): ``X ← X − step − decay·X`` with ``step = step_scale·U_t`` or its momentum
+    average, and the full-size state, all only where ``finite``."""
+    dtype = step_scale.dtype
+    grad = widened(grad, u, dtype)
+    m = adam_momentum(grad, u) if u.bias_correction is not None else None
+    v = full_second_moment(grad, u) if u.exp_avg_sq is not None else None
+    step = normalized_update(grad, u, m, v).mul_(step_scale)
+    if m is not None:
+        commit(finite, m, u.exp_avg)
+    if hp.beta1 is not None and hp.momentum_of == "step":
+        step = torch.lerp(u.exp_avg.to(dtype), step, 1.0 - hp.beta1)
+        commit(finite, step, u.exp_avg)
+    if v is not None:
+        commit(finite, v, u.exp_avg_sq)
+    if hp.maximize:
+        step.neg_()
+    # X_t = X − (step + decay·X), or X where a statistic is not finite; formed in place in the
+    # step's float32 buffer (X may be 16-bit).
+    step.addcmul_(param, decay)
+    x_new = step.masked_fill_(finite.logical_not(), 0.0).neg_().add_(param)
+    if hp.stochastic_rounding and param.dtype == torch.bfloat16:
+        x_new = stochastic_round_to_bfloat16(x_new)
+    param.copy_(x_new)
 
 
 def whole_step(
@@ -493,14 +538,43 @@ def whole_step(
     return s, statistics, apply_update(param, grad, state, s, sums, statistics, hp, size)
 
 
-def widened(grad: Tensor, state: State, hp: Hyperparameters, dtype: torch.dtype) -> Tensor:
+def widened(grad: Tensor, u: UpdateInputs, dtype: torch.dtype) -> Tensor:
     """G in ``dtype`` where a 16-bit G would otherwise meet an op in its own dtype (a full
     V̂'s G², Adam-style momentum); else G as it is, since a 16-bit G times the float32 factors
-    is widened as it is read, with no full-size copy."""
-    gradient_momentum = hp.beta1 is not None and hp.momentum_of == "gradient"
-    if state.exp_avg_sq is not None or gradient_momentum:
+    is widened as it is read."""
+    if u.exp_avg_sq is not None or u.bias_correction is not None:
         return grad.to(dtype)
     return grad
+
+
+CHUNK_NUMEL = 1 << 20
+"""An eager pass takes a tensor this many elements at a time (in whole rows), so that its
+temporaries stay near 4 MiB in float32 whatever the size of the parameter."""
+
+
+def row_chunks(x: Tensor) -> list[slice]:
+    """The rows (dim 1 of a factored ``canonical`` view, elements of a flat one) that one
+    eager pass over ``x`` takes at a time; all of them when compiling, since a generated loop
+    needs no temporaries."""
+    if torch.compiler.is_compiling() or x.numel() <= CHUNK_NUMEL:
+        return [slice(None)]
+    rows = x.shape[1 if x.dim() == 5 else 0]
+    per_chunk = max(1, CHUNK_NUMEL * rows // x.numel())
+    return [slice(i, i + per_chunk) for i in range(0, rows, per_chunk)]
+
+
+def rows_of(t: Tensor | None, rows: slice) -> Tensor | None:
+    """Rows ``rows`` of a ``canonical`` tensor, a view; ``t`` itself where it is broadcast over
+    rows (size 1 there, or 0-d)."""
+    if t is None or t.dim() == 0:
+        return t
+    dim = 1 if t.dim() == 5 else 0
+    return t if t.shape[dim] == 1 else t.narrow(dim, *_start_length(rows, t.shape[dim]))
+
+
+def _start_length(rows: slice, size: int) -> tuple[int, int]:
+    start, stop, _ = rows.indices(size)
+    return start, stop - start
 
 
 def update_inputs(
