@@ -181,7 +181,7 @@ class UpdateInputs(NamedTuple):
     beta2_t: Tensor
     eps1: Number
 
-    def rows(self, rows: slice) -> UpdateInputs:
+    def rows(self, rows: Rows) -> UpdateInputs:
         """The inputs for rows ``rows`` of the update (see ``rows_of``)."""
         return self._replace(
             exp_avg=rows_of(self.exp_avg, rows),
@@ -552,29 +552,28 @@ CHUNK_NUMEL = 1 << 20
 temporaries stay near 4 MiB in float32 whatever the size of the parameter."""
 
 
-def row_chunks(x: Tensor) -> list[slice]:
+Rows = tuple[int, int] | None
+"""A run of rows as ``(first, count)``, or ``None`` for all of them."""
+
+
+def row_chunks(x: Tensor) -> list[Rows]:
     """The rows (dim 1 of a factored ``canonical`` view, elements of a flat one) that one
     eager pass over ``x`` takes at a time; all of them when compiling, since a generated loop
     needs no temporaries."""
     if torch.compiler.is_compiling() or x.numel() <= CHUNK_NUMEL:
-        return [slice(None)]
+        return [None]
     rows = x.shape[1 if x.dim() == 5 else 0]
     per_chunk = max(1, CHUNK_NUMEL * rows // x.numel())
-    return [slice(i, i + per_chunk) for i in range(0, rows, per_chunk)]
+    return [(i, min(per_chunk, rows - i)) for i in range(0, rows, per_chunk)]
 
 
-def rows_of(t: Tensor | None, rows: slice) -> Tensor | None:
+def rows_of(t: Tensor | None, rows: Rows) -> Tensor | None:
     """Rows ``rows`` of a ``canonical`` tensor, a view; ``t`` itself where it is broadcast over
     rows (size 1 there, or 0-d)."""
-    if t is None or t.dim() == 0:
+    if rows is None or t is None or t.dim() == 0:
         return t
     dim = 1 if t.dim() == 5 else 0
-    return t if t.shape[dim] == 1 else t.narrow(dim, *_start_length(rows, t.shape[dim]))
-
-
-def _start_length(rows: slice, size: int) -> tuple[int, int]:
-    start, stop, _ = rows.indices(size)
-    return start, stop - start
+    return t if t.shape[dim] == 1 else t.narrow(dim, *rows)
 
 
 def update_inputs(
