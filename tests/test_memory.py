@@ -48,8 +48,8 @@ def test_eager_step_temporaries_are_bounded_by_chunks_not_by_the_parameter(dtype
     # buffers plus O(n + m) vectors, never a copy of a parameter. The most, 4.5 chunks, is
     # bfloat16 with a full V̂ and stochastic rounding (G widened, V̂, the update, X widened to
     # be mixed in, the rounding noise).
-    from adafactor.algorithm import CHUNK_NUMEL
     from adafactor.bench import _profiled_peak
+    from adafactor.tiling import CHUNK_NUMEL
 
     params = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in [(4096, 2048), (3 << 20,)]]
     opt = Adafactor(params, fused=False, **options)

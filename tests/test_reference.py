@@ -36,7 +36,7 @@ def test_defaults_match_reference_to_float64_round_off_over_many_steps():
 
 
 def test_tall_matrices_match_reference():
-    # Rows in multiples of algorithm.ROW_BLOCKS (at least two blocks) take the blocked column
+    # Rows in multiples of tiling.ROW_BLOCKS (at least two blocks) take the blocked column
     # sums; 200 rows do not. Both must be the paper's statistics to float64 round-off.
     gen = torch.Generator().manual_seed(3)
     params = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(256, 9), (200, 9)]]

@@ -22,7 +22,10 @@ return the partial sums that each phase needs; when a parameter is split across 
 (``distributed.py``) they are completed by one batched all-reduce per phase before the next
 phase runs, otherwise they are complete already. ``apply_update`` then makes the step. Each
 phase is one pass over the full-size tensors with the O(n + m) math around it, a pure function
-that ``fused.py`` compiles as it is; between phases a parameter keeps only small tensors.
+that ``fused.py`` compiles as it is (``whole_step`` runs the three at once for a parameter held
+whole); between phases a parameter keeps only small tensors. ``tiling.py`` decides how a pass
+walks a tensor: eagerly it goes a few rows at a time, so that no pass allocates more than a
+few small chunks.
 
 Every value stays a tensor (β̂2_t, ρ_t and α_t are 0-d tensors), so a step never waits for
 the device and never branches on data.
@@ -41,6 +44,7 @@ from torch import Tensor
 
 from .factoring import state_dtype
 from .schedules import second_moment_decay, step_size
+from .tiling import CANONICAL_DIMS, Rows, canonical, column_sums, row_chunks, rows_of
 
 Momentum = Literal["step", "gradient"]
 MOMENTUM_KINDS: tuple[str, ...] = ("step", "gradient")
@@ -248,23 +252,7 @@ def count_nonfinite(x: Tensor) -> Tensor:
 # What a phase reads and returns. Tensors are ``canonical`` views: ``(A, n, B, m, C)`` with the
 # factored dims at ``CANONICAL_DIMS``, or flat.
 
-CANONICAL_DIMS = (1, 3)
 COUNTERS = ("step", "nonfinite_skips")
-
-
-def canonical(tensor: Tensor, dims: tuple[int, int] | None) -> Tensor:
-    """``tensor`` viewed as ``(A, n, B, m, C)`` with the factored dims ``(r, c)`` at 1 and 3
-    and the others merged around them, or flat when not factored; a view, never a copy."""
-    if dims is None:
-        return tensor.view(-1)
-    r, c, shape = *dims, tensor.shape
-    return tensor.view(
-        math.prod(shape[:r]),
-        shape[r],
-        math.prod(shape[r + 1 : c]),
-        shape[c],
-        math.prod(shape[c + 1 :]),
-    )
 
 
 class State(NamedTuple):
@@ -399,22 +387,6 @@ def statistics_sums(
     )
 
 
-ROW_BLOCKS = 64
-"""Column sums of a matrix with rows to spare are taken in this many blocks of rows, then over
-the blocks: a generated loop then stays within one block's memory, where summing down whole
-columns strides across all of it (a 4096×4096 G² on 2 CPU cores: row and column sums 7.7 →
-4.2 ms)."""
-
-
-def column_sums(x: Tensor) -> Tensor:
-    """``x`` viewed as ``(A, n, B, m, C)`` summed over its rows (dim 1), keeping the dim."""
-    a, n, b, m, c = x.shape
-    if n % ROW_BLOCKS or n < 2 * ROW_BLOCKS:
-        return x.sum(dim=1, keepdim=True)
-    blocks = x.view(a, ROW_BLOCKS, n // ROW_BLOCKS, b, m, c).sum(dim=2)
-    return blocks.sum(dim=1, keepdim=True)
-
-
 def update_sums(
     grad: Tensor, state: State, s: Schedule, sums: Sums, hp: Hyperparameters, size: Size
 ) -> Statistics:
@@ -461,7 +433,6 @@ def apply_update(
     """Phase 3, in place, from the complete sums: clip, scale, add momentum and weight decay,
     ``X ← X − step − decay·X``, and commit the state, all only where every statistic is
     finite (else count a skip); a bfloat16 ``X`` rounded stochastically if asked."""
-    dtype = sums.sum_sq_x.dtype
     alpha_t = s.rho_t
     if hp.scale_parameter:
         alpha_t = s.rho_t * parameter_scale(sums.sum_sq_x, size.numel, hp.eps2)
@@ -545,35 +516,6 @@ def widened(grad: Tensor, u: UpdateInputs, dtype: torch.dtype) -> Tensor:
     if u.exp_avg_sq is not None or u.bias_correction is not None:
         return grad.to(dtype)
     return grad
-
-
-CHUNK_NUMEL = 1 << 20
-"""An eager pass takes a tensor this many elements at a time (in whole rows), so that its
-temporaries stay near 4 MiB in float32 whatever the size of the parameter."""
-
-
-Rows = tuple[int, int] | None
-"""A run of rows as ``(first, count)``, or ``None`` for all of them."""
-
-
-def row_chunks(x: Tensor) -> list[Rows]:
-    """The rows (dim 1 of a factored ``canonical`` view, elements of a flat one) that one
-    eager pass over ``x`` takes at a time; all of them when compiling, since a generated loop
-    needs no temporaries."""
-    if torch.compiler.is_compiling() or x.numel() <= CHUNK_NUMEL:
-        return [None]
-    rows = x.shape[1 if x.dim() == 5 else 0]
-    per_chunk = max(1, CHUNK_NUMEL * rows // x.numel())
-    return [(i, min(per_chunk, rows - i)) for i in range(0, rows, per_chunk)]
-
-
-def rows_of(t: Tensor | None, rows: Rows) -> Tensor | None:
-    """Rows ``rows`` of a ``canonical`` tensor, a view; ``t`` itself where it is broadcast over
-    rows (size 1 there, or 0-d)."""
-    if rows is None or t is None or t.dim() == 0:
-        return t
-    dim = 1 if t.dim() == 5 else 0
-    return t if t.shape[dim] == 1 else t.narrow(dim, *rows)
 
 
 def update_inputs(

@@ -1,0 +1,76 @@
+"""How a step walks a tensor: as a ``canonical`` view with the factored dims at fixed places,
+in row chunks when eager, and with column sums taken block by block.
+
+None of this changes the math (``algorithm.py``); it decides which elements a pass touches
+together, so that every rank of tensor needs two shapes of compiled kernel, an eager pass
+needs no full-size temporaries, and a generated reduction reads memory in order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+CANONICAL_DIMS = (1, 3)
+
+
+def canonical(tensor: Tensor, dims: tuple[int, int] | None) -> Tensor:
+    """``tensor`` viewed as ``(A, n, B, m, C)`` with the factored dims ``(r, c)`` at 1 and 3
+    and the others merged around them, or flat when not factored; a view, never a copy."""
+    if dims is None:
+        return tensor.view(-1)
+    r, c, shape = *dims, tensor.shape
+    return tensor.view(
+        math.prod(shape[:r]),
+        shape[r],
+        math.prod(shape[r + 1 : c]),
+        shape[c],
+        math.prod(shape[c + 1 :]),
+    )
+
+
+ROW_BLOCKS = 64
+"""Column sums of a matrix with rows to spare are taken in this many blocks of rows, then over
+the blocks: a generated loop then stays within one block's memory, where summing down whole
+columns strides across all of it (a 4096×4096 G² on 2 CPU cores: row and column sums 7.7 →
+4.2 ms)."""
+
+
+def column_sums(x: Tensor) -> Tensor:
+    """``x`` viewed as ``(A, n, B, m, C)`` summed over its rows (dim 1), keeping the dim."""
+    a, n, b, m, c = x.shape
+    if n % ROW_BLOCKS or n < 2 * ROW_BLOCKS:
+        return x.sum(dim=1, keepdim=True)
+    blocks = x.view(a, ROW_BLOCKS, n // ROW_BLOCKS, b, m, c).sum(dim=2)
+    return blocks.sum(dim=1, keepdim=True)
+
+
+CHUNK_NUMEL = 1 << 20
+"""An eager pass takes a tensor this many elements at a time (in whole rows), so that its
+temporaries stay near 4 MiB in float32 whatever the size of the parameter."""
+
+
+Rows = tuple[int, int] | None
+"""A run of rows as ``(first, count)``, or ``None`` for all of them."""
+
+
+def row_chunks(x: Tensor) -> list[Rows]:
+    """The rows (dim 1 of a factored ``canonical`` view, elements of a flat one) that one
+    eager pass over ``x`` takes at a time; all of them when compiling, since a generated loop
+    needs no temporaries."""
+    if torch.compiler.is_compiling() or x.numel() <= CHUNK_NUMEL:
+        return [None]
+    rows = x.shape[1 if x.dim() == 5 else 0]
+    per_chunk = max(1, CHUNK_NUMEL * rows // x.numel())
+    return [(i, min(per_chunk, rows - i)) for i in range(0, rows, per_chunk)]
+
+
+def rows_of(t: Tensor | None, rows: Rows) -> Tensor | None:
+    """Rows ``rows`` of a ``canonical`` tensor, a view; ``t`` itself where it is broadcast over
+    rows (size 1 there, or 0-d)."""
+    if rows is None or t is None or t.dim() == 0:
+        return t
+    dim = 1 if t.dim() == 5 else 0
+    return t if t.shape[dim] == 1 else t.narrow(dim, *rows)
