@@ -354,7 +354,7 @@ class Applied(NamedTuple):
 
 
 # The three phases of a step, each one pass over the full-size tensors and the O(n + m) math
-# around it. ``fused.py`` compiles these same functions, one generated kernel per phase.
+# around it. ``fused.py`` compiles these same functions, and ``whole_step``, which runs all three.
 
 
 def statistics_sums(
