@@ -43,17 +43,13 @@ import torch
 from torch import Tensor
 
 from .factoring import state_dtype
-from .schedules import second_moment_decay, step_size
+from .schedules import Number, second_moment_decay, step_size
 from .tiling import CANONICAL_DIMS, Rows, canonical, column_sums, row_chunks, rows_of
 
 Momentum = Literal["step", "gradient"]
 MOMENTUM_KINDS: tuple[str, ...] = ("step", "gradient")
 WeightDecayScale = Literal["rho", "alpha", "lr", "none"]
 WEIGHT_DECAY_SCALES: tuple[str, ...] = ("rho", "alpha", "lr", "none")
-
-
-Number = float | Tensor
-"""An option's value: a Python float as given, or a 0-d tensor (``Hyperparameters.as_tensors``)."""
 
 
 @dataclass(frozen=True)

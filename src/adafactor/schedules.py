@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 Number = float | Tensor
-"""An option's value: a Python float, or a 0-d tensor (as a compiled step gets it)."""
+"""An option's value: a Python float as given, or a 0-d tensor as the step gets it
+(``algorithm.Hyperparameters.as_tensors``)."""
 
 WARMUP_SLOPE = 1e-6
 """Slope of the paper's linear warm-up of the relative step size (Section 8)."""
