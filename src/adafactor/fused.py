@@ -31,13 +31,18 @@ first step's compile time (seconds) costs more than the eager path over a typica
 def can_compile(device: torch.device) -> bool:
     """Whether ``torch.compile`` can generate kernels for ``device`` here: Triton on CUDA, a
     C++ compiler on CPU."""
-    if device.type == "cuda":
+    return _compiler_at_hand(device.type)
+
+
+@functools.cache  # looked up at every step: a PATH search costs ~40 µs
+def _compiler_at_hand(device_type: str) -> bool:
+    if device_type == "cuda":
         try:
             import triton  # noqa: F401
         except ImportError:
             return False
         return True
-    if device.type == "cpu":
+    if device_type == "cpu":
         return any(shutil.which(cxx) for cxx in (os.environ.get("CXX", "g++"), "c++", "clang++"))
     return False
 
@@ -49,7 +54,7 @@ def use_fused(setting: bool | None, params: Iterable[Tensor]) -> bool:
     params = list(params)
     if not params or sum(p.numel() for p in params) < AUTO_MIN_NUMEL:
         return False
-    return all(can_compile(p.device) for p in params)
+    return all(can_compile(device) for device in {p.device for p in params})
 
 
 COMPILE_FAILURES = (
