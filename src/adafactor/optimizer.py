@@ -242,7 +242,7 @@ class Adafactor(Optimizer):
                     )
                 local_state = {k: local(v) for k, v in state.items()}
                 dims = _dims(p, group)
-                where = (local(p).device, state_dtype(p.dtype))
+                where = (p.device, state_dtype(p.dtype))
                 if where not in hps:
                     hps[where] = options.as_tensors(*where)
                 steps.append(
