@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adafactor import Adafactor, optimizer_state_bytes, state_bytes
-from adafactor.algorithm import stochastic_round_to_bfloat16
+from adafactor.equations import stochastic_round_to_bfloat16
 
 
 @pytest.mark.parametrize("value", [1.0 + 0.3 * 2**-7, -3.0 - 0.9 * 2**-6, 1e-3 * (1 + 0.5 * 2**-7)])

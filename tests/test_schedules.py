@@ -7,8 +7,8 @@ from adafactor.schedules import (
     bias_corrected_beta2,
     decay_rate_beta2,
     relative_step_size,
+    rho,
     second_moment_decay,
-    step_size,
 )
 
 T = torch.arange(1, 20001, dtype=torch.float64)
@@ -44,8 +44,26 @@ def test_bias_corrected_beta2_reproduces_adam_bias_correction():
 
 def test_second_moment_decay_picks_the_schedule():
     t = torch.tensor(7.0, dtype=torch.float64)
-    assert second_moment_decay(t, 0.8, None) == decay_rate_beta2(t, 0.8)
-    assert second_moment_decay(t, 0.8, 0.9) == bias_corrected_beta2(t, 0.9)
+    assert second_moment_decay(t, 0.8, None).item() == pytest.approx(1 - 7**-0.8, rel=1e-15)
+    adam = 0.9 * (1 - 0.9**6) / (1 - 0.9**7)  # Section 7.1, by hand
+    assert second_moment_decay(t, 0.8, 0.9).item() == pytest.approx(adam, rel=1e-15)
+
+
+def test_beta2_cap_bounds_the_decay():
+    t = torch.tensor([1.0, 10.0, 1e4], dtype=torch.float64)
+    capped = second_moment_decay(t, 0.8, None, cap=0.99)
+    expected = [0.0, 1 - 10**-0.8, 0.99]  # 1 - 10^-0.8 = 0.8415 < 0.99 < 1 - 1e4^-0.8
+    torch.testing.assert_close(capped, torch.tensor(expected, dtype=torch.float64), rtol=1e-15, atol=0)
+
+
+def test_decay_offset_restarts_the_schedule_and_never_divides_by_zero():
+    t = torch.arange(1, 9, dtype=torch.float64)
+    shifted = second_moment_decay(t, 0.8, None, offset=3)
+    # Up to t = offset + 1 the schedule sits at its first value, 0; then 1 - (t - 3)^-0.8.
+    expected = [0.0, 0.0, 0.0, 0.0] + [1 - k**-0.8 for k in (2, 3, 4, 5)]
+    torch.testing.assert_close(shifted, torch.tensor(expected, dtype=torch.float64), rtol=1e-15, atol=0)
+    adam = second_moment_decay(t, 0.8, 0.999, offset=3)
+    assert adam[:4].tolist() == [0.0] * 4 and bool(adam.isfinite().all())
 
 
 def test_relative_step_size_matches_paper():
@@ -64,6 +82,6 @@ def test_relative_step_size_matches_paper():
 
 def test_lr_is_the_cap_and_absolute_mode_is_lr():
     t = torch.tensor(4.0, dtype=torch.float64)
-    assert step_size(t, 1e-2, True, False).item() == 1e-2
-    assert step_size(t, 1.0, True, False).item() == 0.5  # 1/sqrt(4) binds
-    assert step_size(t, 3e-4, False, False).item() == 3e-4
+    assert rho(t, 1e-2, True, False).item() == 1e-2
+    assert rho(t, 1.0, True, False).item() == 0.5  # 1/sqrt(4) binds
+    assert rho(t, 3e-4, False, False).item() == 3e-4

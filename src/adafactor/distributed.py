@@ -20,18 +20,27 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .algorithm import Partial
 from .factoring import StateSpec
 
 try:
     from torch.distributed.tensor import DTensor, Replicate
 except ImportError:  # a torch build without distributed support
     DTensor = None  # type: ignore[assignment,misc]
+
+
+class LocalSum(NamedTuple):
+    """A sum over the elements of ``param`` that this process holds, along the parameter's
+    dims ``dims``: the whole parameter's sum once the other processes' are added to it."""
+
+    value: Tensor
+    param: Tensor
+    dims: tuple[int, ...]
 
 
 def is_distributed(tensor: Tensor) -> bool:
@@ -81,19 +90,19 @@ def zeros_like_state(param: Tensor, spec: StateSpec) -> Tensor:
     )
 
 
-def complete_sums(partials: Sequence[Partial]) -> None:
-    """``CompleteSums`` for DTensor parameters: add up each partial sum over the mesh
+def complete_sums(sums: Sequence[LocalSum]) -> None:
+    """Complete the local sums of DTensor parameters in place: add up each over the mesh
     dimensions that split the dims it sums over, with one all-reduce per process group and
     dtype for the whole batch."""
     buckets: dict[tuple[object, torch.dtype], list[Tensor]] = defaultdict(list)
-    for partial in partials:
-        param = partial.param
+    for local_sum in sums:
+        param = local_sum.param
         if not is_distributed(param):
             continue
         for mesh_dim, placement in enumerate(param.placements):
-            if placement.is_shard() and placement.dim in partial.dims:
+            if placement.is_shard() and placement.dim in local_sum.dims:
                 group = param.device_mesh.get_group(mesh_dim)
-                buckets[(group, partial.value.dtype)].append(partial.value)
+                buckets[(group, local_sum.value.dtype)].append(local_sum.value)
     for (group, _), values in buckets.items():
         flat = torch.cat([v.reshape(-1) for v in values])
         dist.all_reduce(flat, group=group)

@@ -1,4 +1,4 @@
-"""The fast path: a step's phases (``algorithm.Kernels``) compiled by ``torch.compile``, so
+"""The fast path: a step's phases (``phases.Kernels``) compiled by ``torch.compile``, so
 that each pass over a tensor is one generated loop with no full-size temporaries, and a
 parameter held whole steps in one compiled call (``whole_step``).
 
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .algorithm import EAGER, Kernels
+from .phases import EAGER, Kernels
 
 AUTO_MIN_NUMEL = 1 << 22
 """With ``fused=None``, a group is compiled once it holds this many elements: below it the

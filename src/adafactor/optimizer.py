@@ -1,125 +1,88 @@
 """``Adafactor``: the ``torch.optim.Optimizer`` that validates options, keeps state and steps.
 
-The math lives in ``algorithm.py``; this module checks what users pass, lays out each
-parameter's state (``factoring.py``) and hands every parameter to the per-tensor step.
+The math lives in ``equations.py`` and ``phases.py``, a group's step in ``step.py``; this
+module checks what users pass, lays out each parameter's state (``factoring.py``), gathers
+every group's work and checks all of it before anything changes.
 """
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from itertools import chain
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from .algorithm import (
-    MOMENTUM_KINDS,
-    WEIGHT_DECAY_SCALES,
-    Applied,
+from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
+from .factoring import StateSpec, factored_dims, state_dtype, state_layout
+from .fused import compile_limits, kernels_for
+from .options import (
+    DEFAULTS,
+    OPTIONS,
+    FactorRule,
     Hyperparameters,
     Momentum,
-    ParamStep,
+    NonfiniteGrad,
     WeightDecayScale,
-    adafactor_group_step,
+    check_tensor_lr_value,
+    validate_options,
 )
-from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
-from .factoring import (
-    FACTOR_RULES,
-    FactorRule,
-    StateSpec,
-    factored_dims,
-    state_dtype,
-    state_layout,
-)
-from .fused import compile_limits, kernels_for
+from .phases import Applied
+from .state_dicts import check_loadable, check_state, describe, normalized_state_dict
+from .step import group_step, tensor_step
 
-CORE_OPTIONS = frozenset(
-    {"lr", "eps", "clip_threshold", "decay_rate", "beta1", "beta2", "relative_step"}
-)
-"""Options every saved group of ours has; a group without them comes from another optimizer."""
-NonfiniteGrad = Literal["skip", "raise"]
-NONFINITE_POLICIES: tuple[str, ...] = ("skip", "raise")
+_DOC = r"""Adafactor (Shazeer & Stern, ICML 2018), faithful to the paper by default.
+
+For an n×m weight matrix X and step t = 1, 2, …::
+
+    R_t = β̂2_t·R_{t−1} + (1 − β̂2_t)·(G_t² + ε1)·1_m          per-row statistics
+    C_t = β̂2_t·C_{t−1} + (1 − β̂2_t)·1_nᵀ·(G_t² + ε1)         per-column statistics
+    V̂_t = R_t·C_t / (1_nᵀ·R_t)
+    Û_t = U_t / max(1, RMS(U_t)/d),   U_t = G_t / √V̂_t
+    α_t = max(ε2, RMS(X_{t−1}))·ρ_t,  ρ_t = min(lr, 1/√t),  β̂2_t = 1 − t^(−c)
+    X_t = X_{t−1} − α_t·Û_t
+
+Tensors that are not factored keep a full ``V̂_t = β̂2_t·V̂_{t−1} + (1 − β̂2_t)(G_t² + ε1)``.
+The state of a factored n×m matrix is n + m numbers, plus a step count.
+
+Args:
+    params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
+{options}
+
+Raises:
+    ValueError: on an invalid option (naming it), a complex parameter, or in ``step`` on a
+        sparse gradient; in every case before anything changes.
+"""
+
+
+def _args_doc() -> str:
+    """The ``Args`` entries of every option, from ``options.OPTIONS``."""
+    import textwrap
+
+    return "\n".join(
+        textwrap.fill(
+            f"{o.name}: {o.doc}", width=96, initial_indent="    ", subsequent_indent="        "
+        )
+        for o in OPTIONS
+    )
 
 
 class Adafactor(Optimizer):
-    r"""Adafactor (Shazeer & Stern, ICML 2018), faithful to the paper by default.
-
-    For an n×m weight matrix X and step t = 1, 2, …::
-
-        R_t = β̂2_t·R_{t−1} + (1 − β̂2_t)·(G_t² + ε1)·1_m          per-row statistics
-        C_t = β̂2_t·C_{t−1} + (1 − β̂2_t)·1_nᵀ·(G_t² + ε1)         per-column statistics
-        V̂_t = R_t·C_t / (1_nᵀ·R_t)
-        Û_t = U_t / max(1, RMS(U_t)/d),   U_t = G_t / √V̂_t
-        α_t = max(ε2, RMS(X_{t−1}))·ρ_t,  ρ_t = min(lr, 1/√t),  β̂2_t = 1 − t^(−c)
-        X_t = X_{t−1} − α_t·Û_t
-
-    Tensors that are not factored keep a full ``V̂_t = β̂2_t·V̂_{t−1} + (1 − β̂2_t)(G_t² + ε1)``.
-    The state of a factored n×m matrix is n + m numbers, plus a step count.
-
-    Args:
-        params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
-        lr: with ``relative_step`` (default), the cap on the relative step size,
-            ``ρ_t = min(lr, 1/√t)``: the paper's 10⁻². A learning-rate scheduler scales this cap
-            like any ``lr``. Without ``relative_step``, ρ_t = ``lr`` (the absolute step size).
-        eps: ``(ε1, ε2)``: ε1 (> 0) is added to G² before averaging, whatever the dtype; ε2 is the
-            floor of the parameter scale ``max(ε2, RMS(X))``. Paper: ``(1e-30, 1e-3)``.
-        clip_threshold: ``d``, the update-clipping threshold; ``None`` turns clipping off.
-        decay_rate: ``c`` in ``β̂2_t = 1 − t^(−c)``, ``0 < c ≤ 1`` (paper: 0.8; torch and HF
-            write it as −0.8).
-        beta1: ``β1``, momentum; ``None`` (default) keeps no momentum and no memory for it.
-        beta2: a constant ``β2`` with Adam's bias correction,
-            ``β̂2_t = β2(1 − β2^(t−1))/(1 − β2^t)``, in place of ``1 − t^(−c)``.
-        momentum_dtype: the dtype momentum is stored in, e.g. ``torch.bfloat16`` to halve its
-            memory (its math stays float32); ``None``: the statistics' dtype.
-        momentum_of: what β1 averages: ``"step"`` (default; as T5X, optax and HF) the steps
-            ``α_t·Û_t``; ``"gradient"`` Adam's bias-corrected ``m̂_t``, divided by ``√V̂_t``.
-        weight_decay: ``λ``, decoupled weight decay: ``X ← X − λ·s·X`` each step.
-        weight_decay_scale: ``s``: ``"rho"`` (default) ρ_t, like the learning rate in AdamW;
-            ``"alpha"`` α_t (HF, timm); ``"lr"`` the group's ``lr`` (torch); ``"none"`` 1 (optax).
-        relative_step: use ρ_t = ``min(lr, 1/√t)`` rather than ρ_t = ``lr``.
-        warmup_init: with ``relative_step``, the warm-up variant ``ρ_t = min(lr, 10⁻⁶·t, 1/√t)``.
-        scale_parameter: multiply ρ_t by ``max(ε2, RMS(X_{t−1}))``.
-        factored: keep factored (row and column) statistics for tensors of 2 or more dims.
-        min_dim_size_to_factor: factor only when both chosen dims are at least this long; the
-            default 2 factors every matrix as the paper does (1×m gains nothing from it).
-        factor_dims: which two dims of a tensor to factor: ``"largest"`` (default, as optax and
-            big_vision; a conv kernel [256, 128, 3, 3] over 256×128) or ``"last"`` (as torch
-            and HF; the same kernel over its 3×3 window).
-        maximize: ascend rather than descend (``p.grad`` is never modified).
-        stochastic_rounding: write bfloat16 parameters with unbiased stochastic rounding rather
-            than round-to-nearest, so that updates below half a bfloat16 step are not lost.
-        fused: run the step as kernels generated by ``torch.compile`` (same math, one
-            compiled call per parameter, each tensor read once per pass, no full-size
-            temporaries); ``None`` (default) does so for groups of at least 2^22 elements where
-            a compiler is at hand (Triton on CUDA, a C++ compiler on CPU), and falls back to
-            eager if compiling fails. The first step then takes seconds to compile. The eager
-            step works through large tensors in chunks of 2^20 elements.
-        diagnostics: record, after each step, per parameter: ``step_size`` (α_t),
-            ``update_rms`` (RMS(U_t), before clipping), ``clipped_steps`` (steps where
-            RMS(U_t) > d) in ``optimizer.diagnostics[param]``; 0-d tensors, no host sync.
-        nonfinite_grad: a gradient with a NaN or Inf either ``"skip"``s that parameter's step
-            (no change to it or its state; ``state["nonfinite_skips"]`` counts it; no host
-            sync) or ``"raise"``s a ``ValueError`` naming it before anything changes (one host
-            sync per step).
-
-    Raises:
-        ValueError: on an invalid option (naming it), a complex parameter, or in ``step`` on a
-            sparse gradient; in every case before anything changes.
-    """
+    __doc__ = _DOC.replace("{options}", _args_doc())
 
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 1e-2,
+        lr: float | Tensor = 1e-2,
         *,
         eps: tuple[float, float] = (1e-30, 1e-3),
         clip_threshold: float | None = 1.0,
         decay_rate: float = 0.8,
+        beta2_cap: float | None = None,
+        decay_offset: int = 0,
         beta1: float | None = None,
         beta2: float | None = None,
         momentum_of: Momentum = "step",
@@ -132,36 +95,19 @@ class Adafactor(Optimizer):
         factored: bool = True,
         min_dim_size_to_factor: int = 2,
         factor_dims: FactorRule = "largest",
+        rms_per_slice: bool = False,
         maximize: bool = False,
         stochastic_rounding: bool = False,
         fused: bool | None = None,
         diagnostics: bool = False,
         nonfinite_grad: NonfiniteGrad = "skip",
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            eps=tuple(eps) if isinstance(eps, (list, tuple)) else eps,
-            clip_threshold=clip_threshold,
-            decay_rate=decay_rate,
-            beta1=beta1,
-            beta2=beta2,
-            momentum_of=momentum_of,
-            momentum_dtype=momentum_dtype,
-            weight_decay=weight_decay,
-            weight_decay_scale=weight_decay_scale,
-            relative_step=relative_step,
-            warmup_init=warmup_init,
-            scale_parameter=scale_parameter,
-            factored=factored,
-            min_dim_size_to_factor=min_dim_size_to_factor,
-            factor_dims=factor_dims,
-            maximize=maximize,
-            stochastic_rounding=stochastic_rounding,
-            fused=fused,
-            diagnostics=diagnostics,
-            nonfinite_grad=nonfinite_grad,
-        )
+        arguments = locals()
+        defaults = {name: arguments[name] for name in DEFAULTS}  # the signature is OPTIONS'
+        if isinstance(eps, list):
+            defaults["eps"] = tuple(eps)
         validate_options(defaults)
+        check_tensor_lr_value(lr, "Adafactor")
         super().__init__(params, defaults)
         self.diagnostics: dict[Tensor, dict[str, Tensor]] = {}
 
@@ -169,44 +115,32 @@ class Adafactor(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("diagnostics", {})
 
-    @classmethod
-    def like(cls, peer: str, params: ParamsT, **peer_kwargs: Any) -> Adafactor:
-        """An ``Adafactor`` that takes ``peer``'s constructor arguments (``"hf"``,
-        ``"torch"``, ``"timm"``, ``"big_vision"``, ``"optax"``) and follows its trajectory;
-        see ``adafactor.presets.like``."""
-        from .presets import like
-
-        return like(peer, params, **peer_kwargs)
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its options are validated, and its parameters must be real tensors."""
         if isinstance(param_group.get("eps"), list):
             param_group["eps"] = tuple(param_group["eps"])
-        validate_options({**self.defaults, **param_group}, where="param_group")
+        where = f"param_groups[{len(self.param_groups)}]"
+        validate_options({**self.defaults, **param_group}, where=where)
+        check_tensor_lr_value(param_group.get("lr"), where)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         seen: set[int] = set()
         for index, p in enumerate(group["params"]):
+            what = describe(group, len(self.param_groups) - 1, index, p)
+            problem = None
             if id(p) in seen:
-                self.param_groups.pop()
-                raise ValueError(
-                    f"{_describe(group, len(self.param_groups), index, p)} appears more than once in "
-                    "its group; it would be stepped more than once per step"
-                )
-            seen.add(id(p))
-            if p.is_complex():
-                self.param_groups.pop()
-                raise ValueError(
-                    f"{_describe(group, len(self.param_groups), index, p)} is complex; "
-                    "Adafactor supports real floating-point parameters only "
+                problem = "appears more than once in its group; it would be stepped twice a step"
+            elif p.is_complex():
+                problem = (
+                    "is complex; Adafactor supports real floating-point parameters only "
                     "(optimize torch.view_as_real(p) instead)"
                 )
-            if not p.is_floating_point():
+            elif not p.is_floating_point():
+                problem = f"has dtype {p.dtype}; Adafactor needs floating-point parameters"
+            if problem:
                 self.param_groups.pop()
-                raise ValueError(
-                    f"{_describe(group, len(self.param_groups), index, p)} has dtype {p.dtype}; "
-                    "Adafactor needs floating-point parameters"
-                )
+                raise ValueError(f"{what} {problem}")
+            seen.add(id(p))
 
     @staticmethod
     def layout(param: Tensor, group: Mapping[str, Any]) -> dict[str, StateSpec]:
@@ -231,7 +165,7 @@ class Adafactor(Optimizer):
 
         for group, params in self._gather():
             options = Hyperparameters.from_group(group)
-            kernels = kernels_for(group["fused"], group["params"])
+            kernels = kernels_for(group["fused"], params)
             steps = []
             hps: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
             for p in params:
@@ -240,47 +174,56 @@ class Adafactor(Optimizer):
                     state.update(
                         {k: zeros_like_state(p, s) for k, s in self.layout(p, group).items()}
                     )
-                local_state = {k: local(v) for k, v in state.items()}
-                dims = _dims(p, group)
-                where = (p.device, state_dtype(p.dtype))
+                dtype = state_dtype(p.dtype)
+                where = (local(p).device, dtype)
                 if where not in hps:
                     hps[where] = options.as_tensors(*where)
                 steps.append(
-                    ParamStep(
+                    tensor_step(
                         local(p),
                         local(p.grad),
-                        local_state,
+                        {k: local(v) for k, v in state.items()},
                         hps[where],
-                        dims,
+                        _dims(p, group),
                         p.shape,
                         p,
-                        kernels,
+                        dtype,
                     )
                 )
             with compile_limits(kernels):
-                applied = adafactor_group_step(
-                    steps, complete_sums if any(map(is_distributed, params)) else None
+                applied = group_step(
+                    steps, complete_sums if any(map(is_distributed, params)) else None, kernels
                 )
             if group["diagnostics"]:
                 for p, result in zip(params, applied):
-                    self._record(p, result, group["clip_threshold"])
+                    self._record(p, result, group)
         return loss
 
-    def _record(self, p: Tensor, applied: Applied, clip_threshold: float | None) -> None:
+    def _record(self, p: Tensor, applied: Applied, group: Mapping[str, Any]) -> None:
+        slice_shape = _slice_shape(p, group)
         record = self.diagnostics.setdefault(
             p,
-            {"clipped_steps": torch.zeros((), dtype=torch.int64, device=applied.finite.device)},
+            {
+                "clipped_steps": torch.zeros(
+                    slice_shape, dtype=torch.int64, device=applied.finite.device
+                )
+            },
         )
-        record["step_size"] = applied.alpha_t
-        record["update_rms"] = applied.update_rms
-        if clip_threshold is not None:
-            record["clipped_steps"].add_(applied.finite & (applied.update_rms > clip_threshold))
+        record["step_size"] = applied.alpha_t.expand_as(applied.update_rms).reshape(slice_shape)
+        record["update_rms"] = applied.update_rms.reshape(slice_shape)
+        record["skipped"] = applied.finite.logical_not()
+        if group["clip_threshold"] is not None:
+            record["clipped_steps"].add_(
+                applied.finite & (record["update_rms"] > group["clip_threshold"])
+            )
 
     def _gather(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
         """The parameters to update, group by group, after checking every one of them, so that
-        a bad gradient or stale state raises before any parameter or state changes."""
+        a bad gradient or stale state raises before any parameter or state changes. State
+        whose dtype no longer fits its parameter's (``model.double()``) is converted then."""
         work = []
         raising = []
+        converting = []
         for g_index, group in enumerate(self.param_groups):
             # Options can change after construction (schedulers write into groups).
             validate_options(group, where=f"param_groups[{g_index}]")
@@ -288,7 +231,7 @@ class Adafactor(Optimizer):
             for p_index, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                what = _describe(group, g_index, p_index, p)
+                what = describe(group, g_index, p_index, p)
                 if p.grad.is_sparse:
                     raise ValueError(f"{what} has a sparse gradient; Adafactor needs dense ones")
                 if p.grad.is_complex():
@@ -300,35 +243,38 @@ class Adafactor(Optimizer):
                 check_placements(p, what)
                 state = self.state.get(p)
                 if state:
-                    _check_state(what, state, self.layout(p, group))
+                    layout = self.layout(p, group)
+                    check_state(what, state, layout, values=False)
+                    converting += [
+                        (state, key, spec.dtype)
+                        for key, spec in layout.items()
+                        if state[key].dtype != spec.dtype
+                    ]
                 params.append(p)
                 if group["nonfinite_grad"] == "raise":
-                    raising.append((what, p.grad))
+                    raising.append((what, p))
             work.append((group, params))
         if raising:
-            finite = torch.stack([local(g).isfinite().all() for _, g in raising]).cpu()
-            if any(is_distributed(g) for _, g in raising):
-                # Every process must decide alike: a NaN on any shard counts.
-                finite = finite.to(torch.int32)
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if not bool(finite.all()):
-                bad = [what for (what, _), ok in zip(raising, finite.tolist()) if not ok]
-                raise ValueError(f"non-finite gradient in {', '.join(bad)}; nothing was updated")
+            _raise_on_nonfinite(raising)
+        for state, key, dtype in converting:
+            state[key] = state[key].to(dtype)
         return work
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by ``state_dict()``, exactly: state keeps its own dtype
         (float32 statistics for 16-bit parameters), so a resumed run continues bit for bit.
 
-        Raises ``ValueError``, naming the parameter, when the groups, the options or any
-        state tensor's layout do not match, and then nothing changes.
+        Raises ``ValueError``, naming the parameter and the key, when the state dict is
+        malformed, its groups, options or any state tensor's layout do not match, or a state
+        value is corrupt (non-finite or negative statistics, counts that are not whole
+        numbers ≥ 0); then nothing changes. A ``step`` saved as a plain number loads.
         """
-        state_dict = state_dict.copy()
+        state_dict = normalized_state_dict(state_dict)
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
-                state_dict = result
-        id_map = self._check_loadable(state_dict)
+                state_dict = normalized_state_dict(result)
+        id_map = check_loadable(self.param_groups, self.defaults, self.layout, state_dict)
         # Options added in later versions take their defaults.
         state_dict["param_groups"] = [{**self.defaults, **g} for g in state_dict["param_groups"]]
 
@@ -352,112 +298,24 @@ class Adafactor(Optimizer):
                 for key, value in values.items()
             }
 
-    def _check_loadable(self, state_dict: Mapping[str, Any]) -> dict[Any, Tensor]:
-        for key in ("state", "param_groups"):
-            if key not in state_dict:
-                raise ValueError(f"not an optimizer state dict: it has no {key!r}")
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"the state dict has {len(saved_groups)} parameter groups, "
-                f"this optimizer has {len(self.param_groups)}"
-            )
-        for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if len(group["params"]) != len(saved["params"]):
-                raise ValueError(
-                    f"param_groups[{index}] has {len(saved['params'])} parameters in the state "
-                    f"dict, {len(group['params'])} in this optimizer"
-                )
-            missing = sorted(CORE_OPTIONS - set(saved))
-            if missing:
-                raise ValueError(
-                    f"param_groups[{index}] of the state dict lacks the option(s) {missing}: it "
-                    "was not saved by adafactor.Adafactor (convert a peer's state dict first)"
-                )
-            validate_options(
-                {**self.defaults, **saved}, where=f"param_groups[{index}] of the state dict"
-            )
-        id_map = dict(
-            zip(
-                chain.from_iterable(g["params"] for g in saved_groups),
-                chain.from_iterable(g["params"] for g in self.param_groups),
-            )
-        )
-        for g_index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            for p_index, (pid, p) in enumerate(zip(saved["params"], group["params"])):
-                if pid in state_dict["state"]:
-                    what = _describe(group, g_index, p_index, p)
-                    _check_state(
-                        what, state_dict["state"][pid], self.layout(p, {**self.defaults, **saved})
-                    )
-        unknown = set(state_dict["state"]) - set(id_map)
-        if unknown:
-            raise ValueError(
-                f"the state dict has state for unknown parameter ids {sorted(unknown)}"
-            )
-        return id_map
 
-
-def validate_options(options: Mapping[str, Any], where: str = "Adafactor") -> None:
-    """Raise a ``ValueError`` naming the first invalid option in ``options``."""
-
-    def fail(name: str, message: str) -> None:
-        raise ValueError(f"{where}: {name}={options[name]!r} is invalid: {message}")
-
-    def is_real(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-    if not is_real(options["lr"]) or options["lr"] < 0:
-        fail("lr", "must be a finite number >= 0")
-    eps = options["eps"]
-    if not isinstance(eps, tuple) or len(eps) != 2:
-        fail("eps", "must be a pair (eps1, eps2)")
-    if not is_real(eps[0]) or eps[0] <= 0:
-        fail("eps", "eps1 must be a finite number > 0 (the paper's 1e-30)")
-    if not is_real(eps[1]) or eps[1] < 0:
-        fail("eps", "eps2 must be a finite number >= 0 (the paper's 1e-3)")
-    d = options["clip_threshold"]
-    if d is not None and (not is_real(d) or d <= 0):
-        fail("clip_threshold", "must be None (no clipping) or a number > 0")
-    c = options["decay_rate"]
-    if not is_real(c) or not 0 < c <= 1:
-        hint = f"; write {-c} (torch and HF write the exponent -c)" if is_real(c) and c < 0 else ""
-        fail("decay_rate", f"c in beta2_t = 1 - t^(-c) must be in (0, 1]{hint}")
-    for name in ("beta1", "beta2"):
-        beta = options[name]
-        if beta is not None and (not is_real(beta) or not 0 <= beta < 1):
-            fail(name, "must be None or a number in [0, 1)")
-    if options["momentum_of"] not in MOMENTUM_KINDS:
-        fail("momentum_of", f"must be one of {MOMENTUM_KINDS}")
-    if not is_real(options["weight_decay"]) or options["weight_decay"] < 0:
-        fail("weight_decay", "must be a finite number >= 0")
-    if options["weight_decay_scale"] not in WEIGHT_DECAY_SCALES:
-        fail("weight_decay_scale", f"must be one of {WEIGHT_DECAY_SCALES}")
-    for name in (
-        "relative_step",
-        "warmup_init",
-        "scale_parameter",
-        "factored",
-        "maximize",
-        "stochastic_rounding",
-        "diagnostics",
-    ):
-        if not isinstance(options[name], bool):
-            fail(name, "must be True or False")
-    if options["warmup_init"] and not options["relative_step"]:
-        fail("warmup_init", "needs relative_step=True (it warms up the relative step size)")
-    size = options["min_dim_size_to_factor"]
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        fail("min_dim_size_to_factor", "must be an integer >= 1")
-    if options["factor_dims"] not in FACTOR_RULES:
-        fail("factor_dims", f"must be one of {FACTOR_RULES}")
-    dtype = options["momentum_dtype"]
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        fail("momentum_dtype", "must be None or a floating-point torch.dtype")
-    if options["fused"] not in (None, True, False):
-        fail("fused", "must be None (automatic), True or False")
-    if options["nonfinite_grad"] not in NONFINITE_POLICIES:
-        fail("nonfinite_grad", f"must be one of {NONFINITE_POLICIES}")
+def _raise_on_nonfinite(raising: list[tuple[str, Tensor]]) -> None:
+    """``nonfinite_grad="raise"``: a ``ValueError`` naming every parameter whose gradient or
+    value holds a NaN or an Inf (one host sync, and across processes one all-reduce)."""
+    checks = [local(t).isfinite().all() for _, p in raising for t in (p.grad, p)]
+    finite = torch.stack(checks).cpu().view(-1, 2)
+    if any(is_distributed(p) for _, p in raising):
+        # Every process must decide alike: a NaN on any shard counts.
+        finite = finite.to(torch.int32)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not bool(finite.all()):
+        bad = []
+        for (what, _), (grad_ok, param_ok) in zip(raising, finite.tolist()):
+            if not grad_ok:
+                bad.append(f"gradient in {what}")
+            if not param_ok:
+                bad.append(f"values in {what} itself")
+        raise ValueError(f"non-finite {', non-finite '.join(bad)}; nothing was updated")
 
 
 def _dims(p: Tensor, group: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -466,22 +324,9 @@ def _dims(p: Tensor, group: Mapping[str, Any]) -> tuple[int, int] | None:
     return factored_dims(p.shape, group["factor_dims"], group["min_dim_size_to_factor"])
 
 
-def _check_state(what: str, state: Mapping[str, Any], layout: Mapping[str, StateSpec]) -> None:
-    if set(state) != set(layout):
-        raise ValueError(
-            f"{what}: state has keys {sorted(state)}, but its options call for {sorted(layout)} "
-            "(was it saved with other options, or by another optimizer?)"
-        )
-    for key, spec in layout.items():
-        value = state[key]
-        if not isinstance(value, Tensor) or tuple(value.shape) != spec.shape:
-            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(f"{what}: state[{key!r}] has shape {shape}, expected {spec.shape}")
-        if not (value.is_floating_point() or key == "nonfinite_skips"):
-            raise ValueError(f"{what}: state[{key!r}] has dtype {value.dtype}, expected floats")
-
-
-def _describe(group: Mapping[str, Any], g_index: int, p_index: int, p: Tensor) -> str:
-    names = group.get("param_names")
-    name = f"{names[p_index]!r} " if names else ""
-    return f"parameter {name}(param_groups[{g_index}]['params'][{p_index}], shape {tuple(p.shape)})"
+def _slice_shape(p: Tensor, group: Mapping[str, Any]) -> tuple[int, ...]:
+    """The shape of one value per slice (``rms_per_slice``), or ``()`` for one per tensor."""
+    dims = _dims(p, group)
+    if not group["rms_per_slice"] or dims is None:
+        return ()
+    return tuple(n for i, n in enumerate(p.shape) if i not in dims)

@@ -30,7 +30,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from .optimizer import Adafactor
+from .options import DEFAULTS
 
 Rule = tuple[str, Mapping[str, Any]]
 NamedParameters = Union[torch.nn.Module, Iterable[tuple[str, Tensor]]]
@@ -44,7 +44,6 @@ NO_DECAY_FOR_NORMS_AND_BIASES: Rule = (
 ``ln_1.``/``ln_f.``. ``weight_decay_groups`` finds them by shape instead (a norm inside an
 ``nn.Sequential`` has only a number for a name)."""
 
-_OPTIONS = frozenset(Adafactor([torch.zeros(1, requires_grad=True)]).defaults)
 
 
 def _named(model: NamedParameters) -> list[tuple[str, Tensor]]:
@@ -76,7 +75,7 @@ def param_groups(
     """
     compiled = []
     for index, (pattern, options) in enumerate(rules):
-        unknown = sorted(set(options) - _OPTIONS)
+        unknown = sorted(set(options) - set(DEFAULTS))
         if unknown:
             raise ValueError(f"rule {index} ({pattern!r}): unknown Adafactor option(s) {unknown}")
         try:

@@ -1,0 +1,141 @@
+"""A parameter group's step: every tensor through the three phases of ``phases.py``.
+
+Tensors held whole step one after another, all three phases at once. Pieces of tensors split
+across processes step phase by phase, all of them together, with their partial sums completed
+between phases by one batched reduction per phase (``distributed.complete_sums``). Nothing is
+kept between calls: what a phase returns is handed to the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .distributed import LocalSum
+from .options import Hyperparameters
+from .phases import (
+    EAGER,
+    Applied,
+    FactoredStatistics,
+    FactoredSums,
+    FullStatistics,
+    FullSums,
+    Kernels,
+    Size,
+    TensorState,
+)
+from .tiling import canonical
+
+CompleteSums = Callable[[Sequence[LocalSum]], None]
+"""Completes partial sums in place (an all-reduce over the processes that hold pieces)."""
+
+
+class TensorStep(NamedTuple):
+    """One tensor's part in a step: ``param``, ``grad`` and ``state`` are ``canonical`` views of
+    what this process holds (the local shard of a distributed parameter); ``size`` and ``dims``
+    (the factored pair, or ``None``) are the whole parameter's; ``key`` is the parameter that
+    names its partial sums; ``write_back`` the parameter when ``param`` is a contiguous copy
+    of it, to be written back after the step."""
+
+    param: Tensor
+    grad: Tensor
+    state: TensorState
+    hp: Hyperparameters
+    size: Size
+    dims: tuple[int, int] | None
+    ndim: int
+    key: Tensor
+    write_back: Tensor | None
+    dtype: torch.dtype
+
+
+def tensor_step(
+    param: Tensor,
+    grad: Tensor,
+    state: Mapping[str, Tensor],
+    hp: Hyperparameters,
+    dims: tuple[int, int] | None,
+    shape: Sequence[int],
+    key: Tensor,
+    dtype: torch.dtype,
+) -> TensorStep:
+    """``param``'s part in a step, with ``state`` its state dict (local tensors) and ``dtype``
+    the dtype of its statistics and math."""
+    contiguous = param if param.is_contiguous() else param.contiguous()
+    return TensorStep(
+        canonical(contiguous, dims),
+        canonical(grad.contiguous(), dims),
+        TensorState.of(state, dims),
+        hp,
+        Size.of(shape, dims, hp.rms_per_slice),
+        dims,
+        len(shape),
+        key,
+        None if contiguous is param else param,
+        dtype,
+    )
+
+
+def group_step(
+    steps: Sequence[TensorStep], complete: CompleteSums | None = None, kernels: Kernels = EAGER
+) -> list[Applied]:
+    """Step every tensor of a group: each whole (``complete`` is ``None``), or phase by phase,
+    all together, with ``complete`` adding up their partial sums between phases."""
+    if complete is None:
+        applied = [
+            kernels.whole_step(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in steps
+        ]
+    else:
+        sums = [
+            kernels.statistics_sums(t.param, t.grad, t.state, t.hp, t.size, t.dtype)
+            for t in steps
+        ]
+        complete([ls for t, s in zip(steps, sums) for ls in statistics_local_sums(t, s)])
+        statistics = [
+            kernels.update_sums(t.grad, s, t.state.momentum, t.hp, t.size)
+            for t, s in zip(steps, sums)
+        ]
+        complete([ls for t, s in zip(steps, statistics) for ls in update_local_sums(t, s)])
+        applied = [
+            kernels.apply_update(t.param, t.grad, s, t.state, t.hp, t.size)
+            for t, s in zip(steps, statistics)
+        ]
+    for t in steps:
+        if t.write_back is not None:
+            t.write_back.copy_(t.param.view(t.write_back.shape))
+    return applied
+
+
+def _rms_dims(t: TensorStep) -> tuple[int, ...]:
+    """The parameter's dims that one RMS sums over: the factored pair per slice, or all."""
+    if t.size.per_slice and t.dims is not None:
+        return t.dims
+    return tuple(range(t.ndim))
+
+
+def statistics_local_sums(t: TensorStep, sums: FactoredSums | FullSums) -> list[LocalSum]:
+    """Phase 1's partial sums, each with the dims of the parameter it sums over."""
+    local = [LocalSum(sums.param_sq, t.key, _rms_dims(t))]
+    if isinstance(sums, FactoredSums):
+        assert t.dims is not None
+        r, c = t.dims
+        local += [
+            LocalSum(sums.row_sq, t.key, (c,)),
+            LocalSum(sums.col_sq, t.key, (r,)),
+            LocalSum(sums.total_sq, t.key, (r, c)),
+            LocalSum(sums.old_row_mean, t.key, (r,)),
+        ]
+    return local
+
+
+def update_local_sums(
+    t: TensorStep, statistics: FactoredStatistics | FullStatistics
+) -> list[LocalSum]:
+    """Phase 2's partial sums, each with the dims of the parameter it sums over."""
+    return [
+        LocalSum(statistics.nonfinite, t.key, tuple(range(t.ndim))),
+        LocalSum(statistics.sum_sq_u, t.key, _rms_dims(t)),
+    ]
