@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -13,6 +14,20 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(steps=args.steps, seed=args.seed)
     return 0
+
+
+def _output_directory(text: str) -> Path | str:
+    """The output directory, created if need be, or why it cannot be used."""
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        return f"--out {text!r} is a file, not a directory"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create the output directory {text!r}: {error.strerror or error}"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"the output directory {text!r} is not writable"
+    return out
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -29,15 +44,20 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 1
 
     try:
-        runs = select_runs(args.full, args.runs)
+        runs = select_runs(args.full, args.runs, args.search, args.regime or ())
     except ValueError as error:
         print(f"adafactor reproduce: {error}", file=sys.stderr)
         return 2
-    outcome = reproduce(Path(args.out), runs, SCALES[args.scale], args.seed, args.jobs)
-    print("")
+    out = _output_directory(args.out)
+    if isinstance(out, str):
+        print(f"adafactor reproduce: {out}", file=sys.stderr)
+        return 2
+    seeds = range(args.seed, args.seed + args.seeds)
+    outcome = reproduce(out, runs, SCALES[args.scale], seeds, args.jobs)
+    print()
     for judgement in judge_claims(outcome.results):
         print(
-            f"{judgement.claim.key} ({judgement.rate} rate): {judgement.verdict.status}: "
+            f"{judgement.claim.key} ({judgement.regime.title}): {judgement.verdict.status}: "
             f"{judgement.claim.text}"
         )
     print("\nWrote " + ", ".join(str(path) for path in outcome.files))
@@ -51,11 +71,23 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(lowest: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``lowest``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_nonnegative_int = _int_at_least(0)
 
 
 def _memory(args: argparse.Namespace) -> int:
@@ -70,6 +102,12 @@ def _memory(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_TIME = "about a minute"
+QUICK_TIME = "about 5 minutes on 2 cores"
+FULL_TIME = "about 30 minutes on 2 cores"
+"""Measured wall times on 2 idle cores (docs/reproduction.md has the measurements)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adafactor",
@@ -80,23 +118,50 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="train a small character language model on the shipped KJV text with Adafactor "
-        "and with Adam; print losses and optimizer memory (about a minute)",
+        f"and with Adam; print losses and optimizer memory ({DEMO_TIME})",
     )
-    demo.add_argument("--steps", type=int, default=300, help="training steps per optimizer")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--steps", type=_positive_int, default=300, help="training steps per optimizer"
+    )
+    demo.add_argument("--seed", type=_nonnegative_int, default=0)
     demo.set_defaults(func=_demo)
 
     reproduce = commands.add_parser(
         "reproduce",
         help="reproduce the paper's experiments (Tables 2 and 3, Figure 1) on a miniature "
-        "English-Chichewa Transformer: a quick set (about 5 minutes on 2 cores) or --full "
-        "(about 30 minutes); writes a results table with verdicts and plots",
+        f"English-Chichewa Transformer: a quick set ({QUICK_TIME}) or --full ({FULL_TIME} a "
+        "seed); writes a results table with verdicts and plots",
     )
-    reproduce.add_argument("--full", action="store_true", help="all runs, not just the quick set")
     reproduce.add_argument(
-        "--runs", nargs="+", metavar="NAME", help="only these runs (see results.md for names)"
+        "--full", action="store_true", help=f"all runs of Tables 2 and 3 ({FULL_TIME} a seed)"
     )
-    reproduce.add_argument("--seed", type=int, default=0)
+    reproduce.add_argument(
+        "--search",
+        action="store_true",
+        help="the screen of the search for the instability of Sections 5-7: beta1 = 0 with "
+        "and without warm-up in each regime of the search (see docs/reproduction.md)",
+    )
+    reproduce.add_argument(
+        "--regime",
+        action="append",
+        metavar="NAME",
+        help="the runs of claims C3-C6 and their controls in this regime of the search "
+        "(lr3e-3, stress, lr3e-2, long, vocab8k); may be given more than once",
+    )
+    reproduce.add_argument(
+        "--runs", nargs="+", metavar="NAME", help="these runs too (see results.md for names)"
+    )
+    reproduce.add_argument(
+        "--seed", type=_nonnegative_int, default=0, help="the first seed (default: %(default)s)"
+    )
+    reproduce.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run every run under N seeds, --seed onwards; figures become mean ± standard "
+        "deviation and the verdicts are decided seed by seed (default: %(default)s)",
+    )
     reproduce.add_argument(
         "--out",
         default="reproduction",

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..memory import optimizer_state_bytes
-from ..optimizer import Adafactor
+from .. import Adafactor, optimizer_state_bytes
 from .corpus import load_pairs
 
 CONTEXT = 64
@@ -102,6 +101,8 @@ def run_demo(
     steps: int = 300, seed: int = 0, print_fn: Callable[[str], None] = print
 ) -> list[DemoResult]:
     """Train with Adafactor and with Adam; print and return a comparison table."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     train_text = " ".join(en for en, _ in load_pairs("train"))
     dev_text = " ".join(en for en, _ in load_pairs("dev"))
     vocab = {ch: i + 1 for i, ch in enumerate(sorted(set(train_text)))}  # 0: unknown

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..factoring import factored_dims
-from ..optimizer import Adafactor
+from .. import Adafactor
 
 BLOW_UP_NATS = 2.0
 """A run has diverged when its smoothed training loss rises this far above its best so far."""
@@ -29,9 +28,9 @@ def second_moment(optimizer: Adafactor, param: Tensor) -> Tensor:
     state = optimizer.state[param]
     if "exp_avg_sq" in state:
         return state["exp_avg_sq"]
-    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
-    r, _ = factored_dims(param.shape, group["factor_dims"], group["min_dim_size_to_factor"])
     row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+    # R keeps the factored rows' dim r, which C has summed away (both keep their dims).
+    r = next(d for d, (n, m) in enumerate(zip(row.shape, col.shape)) if m == 1 and n > 1)
     return row * col / row.mean(dim=r, keepdim=True)
 
 

@@ -1,93 +1,163 @@
 """The plots: training-loss curves and the Figure 1 diagnostic RMS(U_t), one panel per section
-of the results and rate; a diverged run ends in a cross."""
+of the results and regime, and RMS(U_t) per watched tensor for the runs of Figure 1. A line is
+the mean over the seeds (the band their range); a diverged run ends in a cross."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.axes
+import matplotlib.figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+from .configs import REGIMES, RELATIVE, RUNS, SECTIONS, RunConfig
+from .diagnostics import SMOOTHING, moving_average
+from .runner import RunResult
+from .seeds import Trials
 
-from .configs import RUNS, SECTIONS, RunConfig  # noqa: E402
-from .diagnostics import SMOOTHING, moving_average  # noqa: E402
-from .runner import RunResult  # noqa: E402
-
-RATE_TITLES = {"paper": "paper's rate", "stress": "stress rate"}
 LOSS_CEILING = 10.0
 """Losses above this (an untrained model's is ln 2000 ≈ 7.6) are cut off the plot."""
+FIGURE_1_RUNS = ("b0-warmup", "b0-nowarmup", "b0-nowarmup-clip", "adam-warmup")
+"""The runs of the per-tensor plot: β1 = 0 with and without warm-up, clipping on and off."""
+
+Series = Callable[[RunResult], list[float]]
 
 
-def _panels(results: Mapping[str, RunResult]) -> list[tuple[str, list[RunConfig]]]:
-    """(title, runs) for each section and rate with a run; relative-step runs, which have no
-    absolute rate, join the panels of both rates of their section."""
+def _panels(results: Mapping[str, Trials]) -> list[tuple[str, list[RunConfig]]]:
+    """(title, runs) for each section and regime with a run; relative-step runs, which have
+    no absolute rate, join the panels of the paper's rate."""
     panels = []
     for section in SECTIONS:
         configs = [c for c in RUNS.values() if c.section == section and c.name in results]
-        for rate, title in RATE_TITLES.items():
-            absolute = [c for c in configs if c.rate == rate]
-            relative = [c for c in configs if c.rate == "relative"]
-            if absolute or (relative and rate == "paper"):
-                panels.append((f"{section}, {title}", absolute + relative))
+        relative = [c for c in configs if c.regime == RELATIVE]
+        for name, regime in REGIMES.items():
+            absolute = [c for c in configs if c.regime == regime]
+            joined = relative if name == "paper" else []
+            if absolute or joined:
+                panels.append((f"{section}, {regime.title}", absolute + joined))
     return panels
 
 
-def _update_rms(result: RunResult) -> list[float]:
+def _largest_update_rms(result: RunResult) -> list[float]:
     """Per step, the largest RMS(U_t) of the watched tensors."""
     columns = [v for k, v in result.curves.items() if k.startswith("rms ")]
-    return [max((x for x in xs if x is not None), default=float("nan")) for xs in zip(*columns)]
+    return [max((x for x in xs if x is not None), default=math.nan) for xs in zip(*columns)]
 
 
-def _figure(
-    results: Mapping[str, RunResult],
-    series: str,
-    path: Path,
-) -> Path:
-    panels = _panels(results)
-    cols = 2 if len(panels) > 1 else 1
-    rows = max(1, -(-len(panels) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.4 * rows), squeeze=False)
-    if not panels:
+def _loss(result: RunResult) -> list[float]:
+    return [math.nan if x is None else x for x in result.curves["loss"]]
+
+
+def _tensor_rms(tensor: str) -> Series:
+    def series(result: RunResult) -> list[float]:
+        return [math.nan if x is None else x for x in result.curves[f"rms {tensor}"]]
+
+    return series
+
+
+def _plot_trials(
+    ax: matplotlib.axes.Axes, trials: Trials, series: Series, label: str, ceiling: float
+) -> None:
+    """The seeds' mean of the smoothed series, their range as a band, crosses at divergence."""
+    curves = [moving_average(series(r)) for r in trials]
+    length = max(map(len, curves))
+    steps = list(range(1, length + 1))
+    at = [[c[i] for c in curves if i < len(c) and math.isfinite(c[i])] for i in range(length)]
+    mean = [sum(xs) / len(xs) if xs else math.nan for xs in at]
+    (line,) = ax.plot(steps, mean, label=label, linewidth=1)
+    if len(trials) > 1:
+        low = [min(xs) if xs else math.nan for xs in at]
+        high = [max(xs) if xs else math.nan for xs in at]
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    for result, curve in zip(trials, curves):
+        if result.diverged and curve:
+            ax.plot([len(curve)], [min(curve[-1], ceiling)], "x", color=line.get_color())
+
+
+def _style(ax: matplotlib.axes.Axes, title: str, ylabel: str, log: bool) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    if log:
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    else:
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(bottom, min(top, LOSS_CEILING))
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+
+
+def _grid(count: int, cols: int) -> tuple[matplotlib.figure.Figure, list[matplotlib.axes.Axes]]:
+    cols = min(cols, max(count, 1))
+    rows = max(1, -(-count // cols))
+    # A figure of its own, not pyplot's: no backend to choose, nothing global to close.
+    fig = matplotlib.figure.Figure(figsize=(6 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    if not count:
         axes[0, 0].text(0.5, 0.5, "no finished runs", ha="center", va="center")
-    for ax in axes.flat[len(panels) :]:
+    for ax in axes.flat[count:]:
         ax.set_axis_off()
-    for ax, (title, configs) in zip(axes.flat, panels):
-        for config in configs:
-            result = results[config.name]
-            steps = result.curves["step"]
-            ys = moving_average(result.curves["loss"] if series == "loss" else _update_rms(result))
-            (line,) = ax.plot(steps, ys, label=config.name, linewidth=1)
-            if result.diverged:
-                ax.plot(
-                    steps[-1:],
-                    [min(ys[-1], LOSS_CEILING) if series == "loss" else ys[-1]],
-                    "x",
-                    color=line.get_color(),
-                    markersize=9,
-                )
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        if series == "loss":
-            ax.set_ylabel(f"training loss ({SMOOTHING}-step mean)", fontsize=8)
-            bottom, _ = ax.get_ylim()
-            ax.set_ylim(bottom, min(ax.get_ylim()[1], LOSS_CEILING))
-        else:
-            ax.set_yscale("log")
-            ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
-            ax.set_ylabel(f"RMS(U_t) ({SMOOTHING}-step mean, max of watched)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
+    return fig, list(axes.flat)
+
+
+def _save(fig: matplotlib.figure.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=72)
-    plt.close(fig)
     return path
 
 
-def write_plots(results: Mapping[str, RunResult], directory: Path) -> list[Path]:
-    """Write ``loss.png`` and ``update_rms.png`` into ``directory``; returns their paths."""
+def _sections_figure(results: Mapping[str, Trials], loss: bool, path: Path) -> Path:
+    panels = _panels(results)
+    fig, axes = _grid(len(panels), 2)
+    series = _loss if loss else _largest_update_rms
+    ceiling = LOSS_CEILING if loss else math.inf
+    for ax, (title, configs) in zip(axes, panels):
+        for config in configs:
+            _plot_trials(ax, results[config.name], series, config.name, ceiling)
+        ylabel = (
+            f"training loss ({SMOOTHING}-step mean)"
+            if loss
+            else f"RMS(U_t) ({SMOOTHING}-step mean, max of watched)"
+        )
+        _style(ax, title, ylabel, log=not loss)
+    return _save(fig, path)
+
+
+def _figure_1_rows(results: Mapping[str, Trials]) -> list[tuple[str, list[str]]]:
+    """(regime title, run names) for each regime with a run of ``FIGURE_1_RUNS``."""
+    rows = []
+    for regime in REGIMES.values():
+        names = [n + regime.suffix for n in FIGURE_1_RUNS if n + regime.suffix in results]
+        if names:
+            rows.append((regime.title, names))
+    return rows
+
+
+def _tensors(results: Mapping[str, Trials]) -> Sequence[str]:
+    first = next(iter(results.values()))[0]
+    return [k.removeprefix("rms ") for k in first.curves if k.startswith("rms ")]
+
+
+def _figure_1(results: Mapping[str, Trials], path: Path) -> Path:
+    """RMS(U_t) per watched tensor (columns) and regime (rows), clipping on and off."""
+    rows = _figure_1_rows(results)
+    tensors = _tensors(results) if rows else []
+    fig, axes = _grid(len(rows) * len(tensors), max(len(tensors), 1))
+    panels = [(title, names, t) for title, names in rows for t in tensors]
+    for ax, (title, names, tensor) in zip(axes, panels):
+        for name in names:
+            _plot_trials(ax, results[name], _tensor_rms(tensor), name, math.inf)
+        _style(ax, f"{tensor}, {title}", f"RMS(U_t) ({SMOOTHING}-step mean)", log=True)
+    return _save(fig, path)
+
+
+def write_plots(results: Mapping[str, Trials], directory: Path) -> list[Path]:
+    """Write ``loss.png``, ``update_rms.png`` and ``update_rms_tensors.png`` into
+    ``directory``; returns their paths."""
     return [
-        _figure(results, "loss", directory / "loss.png"),
-        _figure(results, "update_rms", directory / "update_rms.png"),
+        _sections_figure(results, True, directory / "loss.png"),
+        _sections_figure(results, False, directory / "update_rms.png"),
+        _figure_1(results, directory / "update_rms_tensors.png"),
     ]

@@ -1,22 +1,36 @@
 """The results as files: ``results.csv``, ``results.json`` and ``results.md``.
 
 ``results.md`` follows the paper's layout: Table 2's rows (Sections 4–8) grouped by section,
-with the paper's columns (β1, β̂2_t, clipping d, step size, warm-up, factored), then what this
-run measured, and a verdict column naming the claims each row tests. Table 3 is the same, then
-pivoted (step size × embedding scale). A list of the claims with their evidence follows.
+with the paper's columns (β1, β̂2_t, clipping d, step size, warm-up, factored), then what the
+runs measured (mean ± standard deviation over the seeds), and a verdict column naming the
+claims each row tests. Table 3 is the same, then pivoted (step size × embedding scale). Then
+the verdicts, claim by regime, with their evidence, and the screens of the search. The CSV
+and JSON hold one row per run and seed.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .claims import LOSS_TOLERANCE, Judgement, judge_claims
-from .configs import PAPER_LR, RUNS, SECTION_STEP_SIZE, SECTIONS, STRESS_LR, RunConfig, Scale
+from .claims import LOSS_TOLERANCE, RMS_FACTOR, SPIKE_NATS, Judgement, judge_claims, unjudged
+from .configs import (
+    PAPER,
+    PAPER_LR,
+    RELATIVE,
+    RUNS,
+    SECTION_STEP_SIZE,
+    SECTIONS,
+    STRESS_LR,
+    RunConfig,
+    Scale,
+)
 from .diagnostics import SMOOTHING
-from .runner import RunResult
+from .search import SEARCH_HEADER, search_rows, selection
+from .seeds import Trials, format_mean
 
 VERDICT_MARKS = {"reproduced": "✓", "partly": "~", "not reproduced": "✗", "inconclusive": "?"}
 
@@ -30,7 +44,8 @@ def _beta2(options: Mapping[str, object]) -> str:
 def _step_size(config: RunConfig) -> str:
     if config.relative:
         return "relative"
-    return f"absolute {config.lr:g}" + (" (stress)" if config.rate == "stress" else "")
+    regime = config.regime
+    return f"absolute {config.lr:g}" + ("" if regime == PAPER else f" ({regime.name})")
 
 
 CONFIG_COLUMNS: dict[str, Callable[[RunConfig], str]] = {
@@ -44,30 +59,39 @@ CONFIG_COLUMNS: dict[str, Callable[[RunConfig], str]] = {
 }
 
 
-def _number(x: float | None, digits: int) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
+def _diverged(trials: Trials) -> str:
+    steps = [r.diverged_at for r in trials if r.diverged]
+    if len(trials) == 1:
+        return f"yes (step {steps[0]})" if steps else "no"
+    at = f" (step {', '.join(map(str, steps))})" if steps else ""
+    return f"{len(steps)}/{len(trials)}{at}"
 
 
-RESULT_COLUMNS: dict[str, Callable[[RunResult], str]] = {
-    "dev loss": lambda r: _number(r.dev_loss, 3),
-    "BLEU": lambda r: _number(r.bleu, 2),
-    "diverged": lambda r: f"yes (step {r.diverged_at})" if r.diverged else "no",
-    "peak RMS(U_t)": lambda r: _number(r.peak_update_rms, 2),
-    "loss rise": lambda r: f"{r.largest_loss_rise:.2f}",
-    "state bytes": lambda r: f"{r.state_bytes:,}",
-    "time": lambda r: f"{r.seconds:.0f} s",
+RESULT_COLUMNS: dict[str, Callable[[Trials], str]] = {
+    "seeds": lambda t: str(len(t)),
+    "dev loss": lambda t: format_mean([r.dev_loss for r in t], 3),
+    "BLEU": lambda t: format_mean([r.bleu for r in t], 2),
+    "diverged": _diverged,
+    "peak RMS(U_t)": lambda t: format_mean([r.peak_update_rms for r in t], 2),
+    "loss rise": lambda t: format_mean([r.largest_loss_rise for r in t], 2),
+    "state bytes": lambda t: f"{t[0].state_bytes:,}",
+    "time": lambda t: f"{statistics.fmean(r.seconds for r in t):.0f} s",
 }
 
 
-def _row_verdicts(config: RunConfig, judgements: Sequence[Judgement]) -> str:
-    """The verdicts of the claims this row tests; a relative-step row, which the claims at
-    both absolute rates share, names the rate."""
+def _regime_title(j: Judgement) -> str:
+    return "relative step" if j.regime == RELATIVE else j.regime.title
 
-    def rate(j: Judgement) -> str:
-        return f" ({j.rate} rate)" if config.rate == "relative" and j.claim.absolute else ""
+
+def _row_verdicts(config: RunConfig, judgements: Sequence[Judgement]) -> str:
+    """The verdicts of the claims this row tests; a relative-step row, which the claims of
+    every absolute regime share, names the regime."""
+
+    def regime(j: Judgement) -> str:
+        return f" ({_regime_title(j)})" if config.regime == RELATIVE and j.claim.absolute else ""
 
     return "; ".join(
-        f"{j.claim.key}{rate(j)} {VERDICT_MARKS[j.verdict.status]} {j.verdict.status}"
+        f"{j.claim.key}{regime(j)} {VERDICT_MARKS[j.verdict.status]} {j.verdict.status}"
         for j in judgements
         if config.name in j.subjects
     )
@@ -79,7 +103,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _section_table(
-    section: str, results: Mapping[str, RunResult], judgements: Sequence[Judgement]
+    section: str, results: Mapping[str, Trials], judgements: Sequence[Judgement]
 ) -> list[str]:
     configs = [c for c in RUNS.values() if c.section == section and c.name in results]
     columns = [k for k in CONFIG_COLUMNS if k != "embedding" or section == SECTION_STEP_SIZE]
@@ -92,13 +116,14 @@ def _section_table(
     return _table(["run", *columns, *RESULT_COLUMNS, "verdict"], rows)
 
 
-def _quality(result: RunResult) -> str:
-    if result.diverged:
-        return f"diverged (step {result.diverged_at})"
-    return f"{_number(result.dev_loss, 3)} / {_number(result.bleu, 2)}"
+def _quality(trials: Trials) -> str:
+    if any(r.diverged for r in trials):
+        return f"diverged in {sum(r.diverged for r in trials)}/{len(trials)} seeds"
+    losses, bleus = [r.dev_loss for r in trials], [r.bleu for r in trials]
+    return f"{format_mean(losses, 3)} / {format_mean(bleus, 2)}"
 
 
-def _table3_pivot(results: Mapping[str, RunResult]) -> list[str]:
+def _table3_pivot(results: Mapping[str, Trials]) -> list[str]:
     """Dev loss / BLEU by step size (rows) and embedding parameterisation (columns)."""
     rows = []
     for label, scaled, unit in (
@@ -118,41 +143,35 @@ def _table3_pivot(results: Mapping[str, RunResult]) -> list[str]:
     return ["", "Table 3, pivoted:", "", *_table(header, rows)]
 
 
-def results_markdown(
-    results: Mapping[str, RunResult], scale: Scale, seed: int, missing: Sequence[str] = ()
-) -> str:
-    """The results table in the paper's layout, and the claims with their verdicts."""
-    judgements = judge_claims(results)
+def _verdict_grid(judgements: Sequence[Judgement]) -> list[str]:
+    """Claims (rows) by regime (columns)."""
+    regimes = list(dict.fromkeys(_regime_title(j) for j in judgements))
+    claims = list(dict.fromkeys(j.claim for j in judgements))
+    cell = {(j.claim.key, _regime_title(j)): j.verdict.status for j in judgements}
+    rows = [[f"{c.key} {c.text}", *(cell.get((c.key, r), "") for r in regimes)] for c in claims]
+    return _table(["claim (paper)", *regimes], rows)
+
+
+def _claims_section(results: Mapping[str, Trials], judgements: Sequence[Judgement]) -> list[str]:
     lines = [
-        "# Adafactor reproduction: results",
         "",
-        f"English → Chichewa, {scale.steps} steps of {scale.batch_size} verse pairs, "
-        f"subword vocabulary {scale.vocab_size}, seed {seed}; dev loss in nats per target "
-        f"token on {scale.dev_pairs} dev pairs, greedy BLEU on the same. "
-        f"Absolute-step runs at the paper's peak rate {PAPER_LR:g} and at the stress rate "
-        f'{STRESS_LR:g} (suffix `-stress`). "loss rise": largest rise of the smoothed '
-        f'training loss above its best so far (nats); "peak RMS(U_t)": highest '
-        f"{SMOOTHING}-step mean of the RMS of the unscaled update, largest of the watched "
-        "tensors.",
-    ]
-    for section in SECTIONS:
-        if any(c.section == section and c.name in results for c in RUNS.values()):
-            lines += ["", f"## {section}", "", *_section_table(section, results, judgements)]
-            if section == SECTION_STEP_SIZE:
-                lines += _table3_pivot(results)
-    lines += [
+        "## Verdicts",
         "",
-        "## Claims",
+        (
+            f"Comparable: dev losses within {LOSS_TOLERANCE} nats in every seed (seed by "
+            f"seed); unstable: diverged, or the smoothed loss rose {SPIKE_NATS} nats, in some "
+            f"seed; RMS(U_t) ≫ 1: a peak at least {RMS_FACTOR}× every warm-up control's in "
+            "every seed. See `adafactor.experiments.claims` for each rule."
+        ),
         "",
-        f"Comparable: dev losses within {LOSS_TOLERANCE} nats. See `adafactor.experiments."
-        "claims` for each rule.",
+        *_verdict_grid(judgements),
         "",
         *_table(
-            ["claim", "rate", "verdict", "evidence"],
+            ["claim", "regime", "verdict", "evidence"],
             [
                 [
                     f"{j.claim.key}: {j.claim.text}",
-                    j.rate,
+                    _regime_title(j),
                     f"{VERDICT_MARKS[j.verdict.status]} {j.verdict.status}",
                     j.verdict.evidence,
                 ]
@@ -160,22 +179,71 @@ def results_markdown(
             ],
         ),
     ]
+    waiting = unjudged(results)
+    if waiting:
+        lines += ["", "Not judged, runs missing:"] + [
+            f"* {claim.key} ({regime.title}): " + ", ".join(f"`{n}`" for n in missing)
+            for claim, regime, missing in waiting
+        ]
+    return lines
+
+
+def _header(results: Mapping[str, Trials], scale: Scale, seeds: Sequence[int]) -> list[str]:
+    code = next(iter(results.values()))[0].key["code"] if results else None
+    made_by = f" Made by code with source sha256 `{code['source sha256'][:12]}`." if code else ""
+    return [
+        "# Adafactor reproduction: results",
+        "",
+        (
+            f"English → Chichewa, {scale.steps} steps of {scale.batch_size} verse pairs, "
+            f"subword vocabulary {scale.vocab_size} (other steps and vocabularies where a "
+            f"regime says so), seeds {', '.join(map(str, seeds))}; figures are mean ± standard "
+            f"deviation over the seeds. Dev loss in nats per target token on {scale.dev_pairs} "
+            f"dev pairs, greedy BLEU on the same. Absolute-step runs at the paper's peak rate "
+            f"{PAPER_LR:g} and at the stress rate {STRESS_LR:g} (suffix `-stress`) and, for "
+            'the search, in other regimes (named after the suffix). "loss rise": largest rise '
+            'of the smoothed training loss above its best so far (nats); "peak RMS(U_t)": '
+            f"highest {SMOOTHING}-step mean of the RMS of the unscaled update, largest of the "
+            f"watched tensors.{made_by}"
+        ),
+    ]
+
+
+def results_markdown(
+    results: Mapping[str, Trials],
+    scale: Scale,
+    seeds: Sequence[int],
+    missing: Sequence[str] = (),
+) -> str:
+    """The results tables in the paper's layout, the verdicts and the search."""
+    judgements = judge_claims(results)
+    lines = _header(results, scale, seeds)
+    for section in SECTIONS:
+        if any(c.section == section and c.name in results for c in RUNS.values()):
+            lines += ["", f"## {section}", "", *_section_table(section, results, judgements)]
+            if section == SECTION_STEP_SIZE:
+                lines += _table3_pivot(results)
+    lines += _claims_section(results, judgements)
+    rows = search_rows(results, scale)
+    if rows:
+        lines += ["", "## The search for the instability", "", *_table(SEARCH_HEADER, rows)]
+        lines += ["", selection(results)]
     if missing:
         lines += ["", "Not finished: " + ", ".join(f"`{name}`" for name in missing)]
     return "\n".join(lines) + "\n"
 
 
 def write_report(
-    results: Mapping[str, RunResult],
+    results: Mapping[str, Trials],
     scale: Scale,
-    seed: int,
+    seeds: Sequence[int],
     directory: Path,
     missing: Sequence[str] = (),
 ) -> list[Path]:
     """Write ``results.md``, ``results.csv`` and ``results.json``; returns their paths."""
-    summaries = [results[name].summary() for name in RUNS if name in results]
+    summaries = [run.summary() for name in RUNS if name in results for run in results[name]]
     paths = [directory / name for name in ("results.md", "results.csv", "results.json")]
-    paths[0].write_text(results_markdown(results, scale, seed, missing))
+    paths[0].write_text(results_markdown(results, scale, seeds, missing))
     with open(paths[1], "w", newline="") as f:
         fields = [k for k in summaries[0] if k != "key"] if summaries else []
         writer = csv.DictWriter(f, fields, extrasaction="ignore")

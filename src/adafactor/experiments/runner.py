@@ -5,9 +5,10 @@ training loss, the learning rate and the Figure 1 diagnostic RMS(U_t) of a few w
 at every step, and stops as soon as it diverges (``diagnostics.DivergenceMonitor``): a diverged
 run is a result, never an error. A run that did not diverge is evaluated on the dev set.
 
-Each finished run is saved as ``<name>.json`` (summary, curves, and the key that says what
-produced it) and ``<name>.csv`` (the curves); ``load_result`` returns it only if its key still
-matches, which makes the reproduction resumable.
+Each finished run is saved as ``seed<N>/<name>.json`` (summary, curves, and the key that says
+what produced it: configuration, scale, seed and code) and ``seed<N>/<name>.csv`` (the
+curves); ``load_result`` returns it only if its key still matches, which makes the
+reproduction resumable.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..memory import optimizer_state_bytes
-from ..optimizer import Adafactor
+from .. import Adafactor, optimizer_state_bytes
 from .configs import RunConfig, Scale, lr_factor, run_key
 from .dataset import TranslationData, load_data, training_batches
 from .diagnostics import SMOOTHING, DivergenceMonitor, peak_update_rms, unscaled_update_rms
@@ -67,12 +67,19 @@ class RunResult:
     state_bytes: int
     parameters: int
     seconds: float
+    target_tokens: float
+    """Mean number of target tokens per training step."""
     curves: dict[str, list[float | None]] = field(repr=False)
     """Per step: ``step``, ``loss``, ``lr`` and ``rms <tensor>`` for each watched tensor."""
 
+    @property
+    def seed(self) -> int:
+        """The seed of the weights, batches and dropout masks."""
+        return self.key["seed"]
+
     def summary(self) -> dict[str, Any]:
-        """Everything but the curves."""
-        return {k: v for k, v in asdict(self).items() if k != "curves"}
+        """Everything but the curves, with the seed."""
+        return {"seed": self.seed, **{k: v for k, v in asdict(self).items() if k != "curves"}}
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -102,11 +109,13 @@ def train_run(
     }
     monitor = DivergenceMonitor()
     diverged_at = None
+    target_tokens = 0
     batches = training_batches(data.train, scale.batch_size, seed)
     start = time.perf_counter()
     model.train()
     for t in range(1, scale.steps + 1):
         batch = next(batches)
+        target_tokens += int((batch.target_out != PAD).sum())
         logits = model(batch.source, batch.target_in)
         loss = F.cross_entropy(
             logits.flatten(0, 1),
@@ -150,8 +159,14 @@ def train_run(
         state_bytes=optimizer_state_bytes(optimizer),
         parameters=sum(p.numel() for p in model.parameters()),
         seconds=seconds,
+        target_tokens=target_tokens / len(curves["step"]),
         curves=curves,
     )
+
+
+def seed_directory(runs_dir: Path, seed: int) -> Path:
+    """Where the runs of ``seed`` are saved."""
+    return runs_dir / f"seed{seed}"
 
 
 def save_result(result: RunResult, directory: Path) -> None:
@@ -183,11 +198,12 @@ def run_and_save(
     scale: Scale,
     seed: int,
     data_path: Path,
-    directory: Path,
+    runs_dir: Path,
     progress: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Load the data, train on one thread, save the result and return it."""
+    """Load the data, train on one thread at ``scale`` (the run's), save the result under
+    ``runs_dir`` and return it."""
     torch.set_num_threads(1)
     result = train_run(config, scale, load_data(data_path), seed, progress)
-    save_result(result, directory)
+    save_result(result, seed_directory(runs_dir, seed))
     return result
