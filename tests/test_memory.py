@@ -48,7 +48,7 @@ def test_eager_step_temporaries_are_bounded_by_chunks_not_by_the_parameter(dtype
     # buffers plus O(n + m) vectors, never a copy of a parameter. The most, 4.5 chunks, is
     # bfloat16 with a full V̂ and stochastic rounding (G widened, V̂, the update, X widened to
     # be mixed in, the rounding noise).
-    from adafactor.bench import _profiled_peak
+    from adafactor.bench.transient import profiled_peak
     from adafactor.tiling import CHUNK_NUMEL
 
     params = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in [(4096, 2048), (3 << 20,)]]
@@ -56,6 +56,6 @@ def test_eager_step_temporaries_are_bounded_by_chunks_not_by_the_parameter(dtype
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()  # the state is allocated once, outside the measured step
-    peak = _profiled_peak(opt.step)
+    peak = profiled_peak(opt.step)
     chunk_bytes, largest = CHUNK_NUMEL * 4, 4096 * 2048 * 4
     assert peak <= 5 * chunk_bytes < largest
