@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from adafactor import Adafactor
+from adafactor.bench.peers import peer_optimizer_class
 from adafactor.migrate import convert_state_dict, from_peer_state_dict
-from adafactor.presets import like, peer_optimizer_class
+from adafactor.presets import like
 
 SHAPES = [(24, 40), (40,), (32, 20, 3, 3), (5, 24, 40), (1, 30)]
 RTOL, ATOL = 1e-10, 1e-13

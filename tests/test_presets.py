@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from adafactor import Adafactor
-from adafactor.presets import like, peer_optimizer_class
+from adafactor.bench.peers import peer_optimizer_class
+from adafactor.presets import like
 from adafactor.reference import ReferenceAdafactor
 
 SHAPES = {
