@@ -13,7 +13,7 @@ import io
 
 import pytest
 import torch
-from conftest import magnitudes, run_side_by_side
+from helpers import magnitudes, run_side_by_side
 
 from adafactor import Adafactor
 from adafactor.reference import ReferenceAdafactor

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
-from conftest import magnitudes, run_side_by_side
+from helpers import magnitudes, run_side_by_side
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_reference import options

@@ -11,7 +11,7 @@ from adafactor import Adafactor
 from adafactor.presets import ADAM
 from adafactor.reference import ReferenceAdafactor, ReferenceAdam
 
-from conftest import run_side_by_side, wide_gradient
+from helpers import run_side_by_side, wide_gradient
 
 
 def test_defaults_match_reference_to_float64_round_off_over_many_steps():

@@ -18,7 +18,8 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
 from .factoring import StateSpec, factored_dims, state_dtype, state_layout
-from .fused import compile_limits, kernels_for
+from .kernels import backend_for
+from .kernels.group import PlanCache
 from .options import (
     DEFAULTS,
     OPTIONS,
@@ -32,7 +33,7 @@ from .options import (
 )
 from .phases import Applied
 from .state_dicts import check_loadable, check_state, describe, normalized_state_dict
-from .step import group_step, tensor_step
+from .step import FastPath, group_step, tensor_step
 
 _DOC = r"""Adafactor (Shazeer & Stern, ICML 2018), faithful to the paper by default.
 
@@ -110,10 +111,12 @@ class Adafactor(Optimizer):
         check_tensor_lr_value(lr, "Adafactor")
         super().__init__(params, defaults)
         self.diagnostics: dict[Tensor, dict[str, Tensor]] = {}
+        self._plans: dict[int, PlanCache] = {}  # the group kernels' tables, per group
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("diagnostics", {})
+        self.__dict__.setdefault("_plans", {})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its options are validated, and its parameters must be real tensors."""
@@ -163,9 +166,13 @@ class Adafactor(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        for group, params in self._gather():
+        for g_index, group, params in self._gather():
             options = Hyperparameters.from_group(group)
-            kernels = kernels_for(group["fused"], params)
+            fast = None
+            if params:
+                backend = backend_for(group["fused"], local(params[0]).device)
+                if backend is not None:
+                    fast = FastPath(backend, self._plans.setdefault(g_index, PlanCache()), options)
             steps = []
             hps: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
             for p in params:
@@ -190,10 +197,9 @@ class Adafactor(Optimizer):
                         dtype,
                     )
                 )
-            with compile_limits(kernels):
-                applied = group_step(
-                    steps, complete_sums if any(map(is_distributed, params)) else None, kernels
-                )
+            applied = group_step(
+                steps, complete_sums if any(map(is_distributed, params)) else None, fast=fast
+            )
             if group["diagnostics"]:
                 for p, result in zip(params, applied):
                     self._record(p, result, group)
@@ -217,7 +223,7 @@ class Adafactor(Optimizer):
                 applied.finite & (record["update_rms"] > group["clip_threshold"])
             )
 
-    def _gather(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
+    def _gather(self) -> list[tuple[int, dict[str, Any], list[Tensor]]]:
         """The parameters to update, group by group, after checking every one of them, so that
         a bad gradient or stale state raises before any parameter or state changes. State
         whose dtype no longer fits its parameter's (``model.double()``) is converted then."""
@@ -253,7 +259,7 @@ class Adafactor(Optimizer):
                 params.append(p)
                 if group["nonfinite_grad"] == "raise":
                     raising.append((what, p))
-            work.append((group, params))
+            work.append((g_index, group, params))
         if raising:
             _raise_on_nonfinite(raising)
         for state, key, dtype in converting:
@@ -284,6 +290,7 @@ class Adafactor(Optimizer):
             super().load_state_dict(state_dict)
         finally:
             self._optimizer_load_state_dict_pre_hooks = hooks
+        self._plans.clear()
 
         groups_by_id = {
             pid: group

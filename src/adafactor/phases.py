@@ -23,7 +23,7 @@ Whether a tensor is factored is a type: ``Factored`` state (R, C) gives ``Factor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -210,7 +210,9 @@ def statistics_sums(
     need, in ``dtype`` whatever the dtype of X and G."""
     chunks = row_chunks(x)
     param_sq = sum(
-        torch.stack([rms_sum(scaled_square(rows_of(x, rows), k, dtype), size) for k in PARAM_SCALES])
+        torch.stack(
+            [rms_sum(scaled_square(rows_of(x, rows), k, dtype), size) for k in PARAM_SCALES]
+        )
         for rows in chunks
     )
     s = schedule(state.step, hp, dtype)
@@ -417,19 +419,7 @@ def whole_step(
     dtype: torch.dtype,
 ) -> Applied:
     """The three phases back to back, for a parameter this process holds whole (its sums are
-    complete as they are): one function, so one compiled call per parameter."""
+    complete as they are)."""
     sums = statistics_sums(param, grad, state, hp, size, dtype)
     statistics = update_sums(grad, sums, state.momentum, hp, size)
     return apply_update(param, grad, statistics, state, hp, size)
-
-
-class Kernels(NamedTuple):
-    """The phases a step runs: these functions as they are, or compiled (``fused.py``)."""
-
-    statistics_sums: Callable[..., FactoredSums | FullSums] = statistics_sums
-    update_sums: Callable[..., FactoredStatistics | FullStatistics] = update_sums
-    apply_update: Callable[..., Applied] = apply_update
-    whole_step: Callable[..., Applied] = whole_step
-
-
-EAGER = Kernels()

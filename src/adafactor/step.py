@@ -1,31 +1,39 @@
 """A parameter group's step: every tensor through the three phases of ``phases.py``.
 
-Tensors held whole step one after another, all three phases at once. Pieces of tensors split
-across processes step phase by phase, all of them together, with their partial sums completed
-between phases by one batched reduction per phase (``distributed.complete_sums``). Nothing is
-kept between calls: what a phase returns is handed to the next.
+The tensors the group kernels take (``kernels/``) step together, each phase one call for all
+of them; the others (float64, a non-contiguous parameter, or every tensor with ``fused=False``)
+step eagerly, tensor by tensor. Tensors held whole run their three phases at once. Pieces of
+tensors split across processes step phase by phase, all of them together, with their partial
+sums completed between phases by one batched reduction per phase
+(``distributed.complete_sums``). Nothing is kept between calls but the kernels' plan, which
+the optimizer holds: what a phase returns is handed to the next.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .distributed import LocalSum
+from .kernels import group as kernel_group
+from .kernels.group import PlanCache, takes
 from .options import Hyperparameters
 from .phases import (
-    EAGER,
     Applied,
     FactoredStatistics,
     FactoredSums,
     FullStatistics,
     FullSums,
-    Kernels,
     Size,
     TensorState,
+    apply_update,
+    statistics_sums,
+    update_sums,
+    whole_step,
 )
 from .tiling import canonical
 
@@ -79,34 +87,60 @@ def tensor_step(
     )
 
 
+class FastPath(NamedTuple):
+    """The group kernels a step may use: a backend module, the group's plan and its options
+    as given (Python numbers)."""
+
+    backend: ModuleType
+    cache: PlanCache
+    hp: Hyperparameters
+
+
 def group_step(
-    steps: Sequence[TensorStep], complete: CompleteSums | None = None, kernels: Kernels = EAGER
+    steps: Sequence[TensorStep], complete: CompleteSums | None = None, fast: FastPath | None = None
 ) -> list[Applied]:
-    """Step every tensor of a group: each whole (``complete`` is ``None``), or phase by phase,
-    all together, with ``complete`` adding up their partial sums between phases."""
+    """Step every tensor of a group: those the kernels take together, the others one by one;
+    whole (``complete`` is ``None``), or phase by phase, with ``complete`` adding up the
+    partial sums of all of them between phases."""
+    chosen = [fast is not None and takes(fast.backend, t) for t in steps]
+    together = [t for t, c in zip(steps, chosen) if c]
+    alone = [t for t, c in zip(steps, chosen) if not c]
     if complete is None:
-        applied = [
-            kernels.whole_step(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in steps
-        ]
+        from_kernels = _kernel_whole(fast, together) if together else []
+        eager = [whole_step(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in alone]
     else:
-        sums = [
-            kernels.statistics_sums(t.param, t.grad, t.state, t.hp, t.size, t.dtype)
-            for t in steps
-        ]
-        complete([ls for t, s in zip(steps, sums) for ls in statistics_local_sums(t, s)])
+        run = None
+        if together:
+            assert fast is not None
+            run = kernel_group.kernel_sums(fast.backend, fast.cache, together, fast.hp)
+        local = kernel_group.statistics_local_sums(run) if run else []
+        sums = [statistics_sums(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in alone]
+        complete(local + [ls for t, s in zip(alone, sums) for ls in statistics_local_sums(t, s)])
+        if run:
+            kernel_group.kernel_update_sums(run)
+        local = kernel_group.update_local_sums(run) if run else []
         statistics = [
-            kernels.update_sums(t.grad, s, t.state.momentum, t.hp, t.size)
-            for t, s in zip(steps, sums)
+            update_sums(t.grad, s, t.state.momentum, t.hp, t.size) for t, s in zip(alone, sums)
         ]
-        complete([ls for t, s in zip(steps, statistics) for ls in update_local_sums(t, s)])
-        applied = [
-            kernels.apply_update(t.param, t.grad, s, t.state, t.hp, t.size)
-            for t, s in zip(steps, statistics)
+        complete(local + [ls for t, s in zip(alone, statistics) for ls in update_local_sums(t, s)])
+        from_kernels = kernel_group.kernel_apply(run) if run else []
+        eager = [
+            apply_update(t.param, t.grad, s, t.state, t.hp, t.size)
+            for t, s in zip(alone, statistics)
         ]
-    for t in steps:
+    for t in alone:
         if t.write_back is not None:
             t.write_back.copy_(t.param.view(t.write_back.shape))
-    return applied
+    kernel_results, eager_results = iter(from_kernels), iter(eager)
+    return [next(kernel_results) if c else next(eager_results) for c in chosen]
+
+
+def _kernel_whole(fast: FastPath | None, steps: Sequence[TensorStep]) -> list[Applied]:
+    """The three kernel phases back to back, for tensors held whole."""
+    assert fast is not None
+    run = kernel_group.kernel_sums(fast.backend, fast.cache, steps, fast.hp)
+    kernel_group.kernel_update_sums(run)
+    return kernel_group.kernel_apply(run)
 
 
 def _rms_dims(t: TensorStep) -> tuple[int, ...]:

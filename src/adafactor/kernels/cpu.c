@@ -1,0 +1,588 @@
+/* A parameter group's Adafactor step on the CPU: the three phases of phases.py over every
+ * tensor of the group at once, walking the tables of plan.py (the Field and Tile indices and
+ * the HP and FLAG indices are prepended by cpu.py from the Python definitions).
+ *
+ *   adafactor_sums           phase 1: per tile, Σ X² and the sums of (G/√numel)² over the
+ *                            tile's columns and rows; then, per tensor, their totals in a
+ *                            fixed order: row, col, param_sq, total, old_row_mean.
+ *   adafactor_update_sums    phase 2: per tensor, R_t, C_t (in place of the sums) and
+ *                            mean_r(R_t); per tile, Σ U_t²; per tensor, sum_sq_u, nonfinite.
+ *   adafactor_apply          phase 3: per tensor, α_t, clipping, weight decay and whether
+ *                            the step is taken; per tile, the update of X, momentum and a
+ *                            full V̂; per tensor, the commit of R_t, C_t and the counters.
+ *
+ * Only the passes over tiles run in parallel (OpenMP), and only when the caller asks for more
+ * than one thread: waking threads costs more than a small group's whole step.
+ *
+ * Between the phases the caller may complete the sums across processes. Every row of a tile
+ * is first converted to float32 in a small buffer, so the math loops read one dtype and
+ * vectorize; X's sum of squares is accumulated in double, which holds any float32 square.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_COLS 4096 /* the largest tile width (Geometry.cols) and flat segment */
+
+/* --- 16-bit floats ----------------------------------------------------------------------- */
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch */
+    uint32_t u = float_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float f16_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    if (exp == 0x1f) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: normalize */
+            int e = -1;
+            do { man <<= 1; e++; } while (!(man & 0x400));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t float_to_f16(float f) { /* round to nearest even */
+    uint32_t u = float_bits(f), sign = (u >> 16) & 0x8000;
+    uint32_t au = u & 0x7fffffffu;
+    if (au > 0x7f800000u) return (uint16_t)(sign | 0x7e00);           /* NaN */
+    if (au >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);          /* overflow: Inf */
+    if (au < 0x38800000u) {                                            /* subnormal or 0 */
+        if (au < 0x33000000u) return (uint16_t)sign;                   /* below half the least */
+        uint32_t man = (au & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(au >> 23);                             /* 14 .. 24 */
+        uint32_t half = man >> shift, rest = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rest > mid || (rest == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t v = au - 0x38000000u; /* rebias the exponent by 112 */
+    uint32_t half = v >> 13, rest = v & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) half++;
+    return (uint16_t)(sign | half);
+}
+
+/* Load n elements of dtype `code` at p (every `stride` elements) as float32 into out. */
+static void load_row(const void *p, int code, int64_t stride, int64_t n, float *out) {
+    if (code == 0) {
+        const float *s = (const float *)p;
+        if (stride == 1) memcpy(out, s, (size_t)n * 4);
+        else for (int64_t j = 0; j < n; j++) out[j] = s[j * stride];
+    } else {
+        const uint16_t *s = (const uint16_t *)p;
+        if (code == 1) for (int64_t j = 0; j < n; j++) out[j] = bf16_to_float(s[j * stride]);
+        else for (int64_t j = 0; j < n; j++) out[j] = f16_to_float(s[j * stride]);
+    }
+}
+
+/* Store n float32 values as dtype `code` at p (every `stride` elements). */
+static void store_row(void *p, int code, int64_t stride, int64_t n, const float *in) {
+    if (code == 0) {
+        float *d = (float *)p;
+        if (stride == 1) memcpy(d, in, (size_t)n * 4);
+        else for (int64_t j = 0; j < n; j++) d[j * stride] = in[j];
+    } else {
+        uint16_t *d = (uint16_t *)p;
+        if (code == 1) for (int64_t j = 0; j < n; j++) d[j * stride] = float_to_bf16(in[j]);
+        else for (int64_t j = 0; j < n; j++) d[j * stride] = float_to_f16(in[j]);
+    }
+}
+
+static inline int64_t elem_size(int code) { return code == 0 ? 4 : 2; }
+
+/* Round n float32 values to dtype `code` and back, as a state of that dtype keeps them. */
+static void round_as(int code, int64_t n, float *x) {
+    if (code == 1) for (int64_t j = 0; j < n; j++) x[j] = bf16_to_float(float_to_bf16(x[j]));
+    else if (code == 2) for (int64_t j = 0; j < n; j++) x[j] = f16_to_float(float_to_f16(x[j]));
+}
+
+/* Unbiased stochastic rounding to bfloat16 (equations.stochastic_round_to_bfloat16): a
+ * random integer below 2^16 added to the bits bfloat16 drops, which are then cut. The
+ * random bits come from a counter-based hash of the element's index, so they do not depend
+ * on the number of threads. */
+static inline uint64_t mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void store_bf16_stochastic(uint16_t *d, int64_t stride, int64_t n, const float *in,
+                                  uint64_t seed, uint64_t first) {
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t u = float_bits(in[j]);
+        uint32_t noise = (uint32_t)(mix64(seed ^ (first + (uint64_t)j)) & 0xffffu);
+        d[j * stride] = (uint16_t)((u + noise) >> 16);
+    }
+}
+
+/* --- The tables ---------------------------------------------------------------------------- */
+
+typedef struct {
+    const int64_t *t; /* this tensor's descriptor row */
+} Tensor;
+
+#define D(x, f) ((x).t[f])
+#define PTR(x, f) ((void *)(intptr_t)(x).t[f])
+
+typedef struct { /* a slice of a factored tensor: where its elements and statistics are */
+    int64_t base, row_stride, col_stride; /* in X, G and momentum */
+    int64_t row_base, row_stride_r;       /* in R-shaped buffers */
+    int64_t col_base, col_stride_c;       /* in C-shaped buffers */
+} Slice;
+
+static Slice slice_of(Tensor x, int64_t s) {
+    int64_t n = D(x, F_N), bb = D(x, F_B), m = D(x, F_M), cc = D(x, F_C);
+    int64_t a = s / (bb * cc), b = (s / cc) % bb, c = s % cc;
+    Slice sl;
+    sl.base = a * n * bb * m * cc + b * m * cc + c;
+    sl.row_stride = bb * m * cc;
+    sl.col_stride = cc;
+    sl.row_base = a * n * bb * cc + b * cc + c;
+    sl.row_stride_r = bb * cc;
+    sl.col_base = a * bb * m * cc + b * m * cc + c;
+    sl.col_stride_c = cc;
+    return sl;
+}
+
+static inline const char *at(const void *p, int64_t index, int code) {
+    return (const char *)p + index * elem_size(code);
+}
+
+/* The schedules at t = step + 1 (schedules.py), in double. */
+typedef struct { double t, beta2_t, rho_t, bias_correction; } Schedule;
+
+static Schedule schedule(Tensor x, const double *hp, const int64_t *flags) {
+    Schedule s;
+    s.t = (double)*(const float *)PTR(x, F_STEP) + 1.0;
+    double td = s.t - hp[HP_DECAY_OFFSET];
+    if (td < 1.0) td = 1.0;
+    if (flags[FLAG_BETA2]) {
+        double b2 = hp[HP_BETA2];
+        s.beta2_t = b2 * (1.0 - pow(b2, td - 1.0)) / (1.0 - pow(b2, td));
+    } else {
+        s.beta2_t = 1.0 - pow(td, -hp[HP_DECAY_RATE]);
+    }
+    if (flags[FLAG_BETA2_CAP] && s.beta2_t > hp[HP_BETA2_CAP]) s.beta2_t = hp[HP_BETA2_CAP];
+    if (flags[FLAG_RELATIVE_STEP]) {
+        s.rho_t = 1.0 / sqrt(s.t);
+        if (s.rho_t > hp[HP_LR]) s.rho_t = hp[HP_LR];
+        if (flags[FLAG_WARMUP_INIT] && s.rho_t > 1e-6 * s.t) s.rho_t = 1e-6 * s.t;
+    } else {
+        s.rho_t = hp[HP_LR];
+    }
+    s.bias_correction = flags[FLAG_GRADIENT_MOMENTUM] ? 1.0 / (1.0 - pow(hp[HP_BETA1], s.t)) : 1.0;
+    return s;
+}
+
+/* torch.lerp's formula: start + w·(end − start), or end − (end − start)·(1 − w) for w ≥ ½. */
+static inline float lerp(float start, float end, float w) {
+    return w < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
+}
+
+/* --- Phase 1: the sums ------------------------------------------------------------------- */
+
+static void sums_tile(const int64_t *tile, const int64_t *desc, float *sums, float *scratch,
+                      double *tile_sums) {
+    Tensor x = {desc + tile[T_TENSOR] * N_FIELDS};
+    int pcode = (int)D(x, F_PARAM_DTYPE);
+    float xs[MAX_COLS], gs[MAX_COLS], colacc[MAX_COLS];
+    double xsq = 0.0, old_rows = 0.0;
+    int64_t row0 = tile[T_ROW0], nrows = tile[T_ROWS];
+    if (!D(x, F_FACTORED)) {
+        for (int64_t at0 = row0; at0 < row0 + nrows; at0 += MAX_COLS) {
+            int64_t k = row0 + nrows - at0 < MAX_COLS ? row0 + nrows - at0 : MAX_COLS;
+            load_row(at(PTR(x, F_PARAM), at0, pcode), pcode, 1, k, xs);
+            double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < k; j++) acc += (double)xs[j] * xs[j];
+            xsq += acc;
+        }
+        tile_sums[0] = xsq;
+        return;
+    }
+    Slice sl = slice_of(x, tile[T_SLICE]);
+    int64_t col0 = tile[T_COL0], ncols = tile[T_COLS], n = D(x, F_N), m = D(x, F_M);
+    int64_t row_tiles = D(x, F_ROW_TILES), col_tiles = D(x, F_COL_TILES);
+    float scale = (float)(1.0 / sqrt((double)(D(x, F_WHOLE_NUMEL) > 0 ? D(x, F_WHOLE_NUMEL) : 1)));
+    const float *old_row = (const float *)PTR(x, F_STAT_A);
+    /* A tile's row sums go straight to R's place when it spans all columns, else to its
+     * partials; likewise its column sums. */
+    float *row_part = scratch + D(x, F_ROW_PARTS) + (tile[T_SLICE] * col_tiles + tile[T_COL_TILE]) * n;
+    memset(colacc, 0, (size_t)ncols * 4);
+    for (int64_t i = row0; i < row0 + nrows; i++) {
+        int64_t e = sl.base + i * sl.row_stride + col0 * sl.col_stride;
+        load_row(at(PTR(x, F_PARAM), e, pcode), pcode, sl.col_stride, ncols, xs);
+        load_row(at(PTR(x, F_GRAD), e, pcode), pcode, sl.col_stride, ncols, gs);
+        float rs = 0.0f;
+        double acc = 0.0;
+#pragma omp simd reduction(+ : rs, acc)
+        for (int64_t j = 0; j < ncols; j++) {
+            float g = gs[j] * scale, g2 = g * g;
+            rs += g2;
+            colacc[j] += g2;
+            acc += (double)xs[j] * xs[j];
+        }
+        if (col_tiles == 1) sums[D(x, F_ROW) + sl.row_base + i * sl.row_stride_r] = rs;
+        else row_part[i] = rs;
+        xsq += acc;
+        if (tile[T_COL_TILE] == 0) old_rows += old_row[sl.row_base + i * sl.row_stride_r] / (double)D(x, F_WHOLE_N);
+    }
+    if (row_tiles == 1) {
+        for (int64_t j = 0; j < ncols; j++) sums[D(x, F_COL) + sl.col_base + (col0 + j) * sl.col_stride_c] = colacc[j];
+    } else {
+        float *col_part = scratch + D(x, F_COL_PARTS) + (tile[T_SLICE] * row_tiles + tile[T_ROW_TILE]) * m;
+        memcpy(col_part + col0, colacc, (size_t)ncols * 4);
+    }
+    tile_sums[0] = xsq;
+    tile_sums[1] = old_rows;
+}
+
+/* The row, col, param_sq, total and old_row_mean of one tensor from its tiles' partials,
+ * each added up in a fixed order. */
+static void sums_tensor(Tensor x, const int64_t *tiles, float *sums, const float *scratch,
+                        const double *tile_sums) {
+    int64_t first = D(x, F_FIRST_TILE), count = D(x, F_TILES), groups = D(x, F_RMS_GROUPS);
+    double *xsq = calloc((size_t)groups, sizeof(double));
+    for (int64_t k = 0; k < count; k++) {
+        const int64_t *tile = tiles + (first + k) * N_TILE_FIELDS;
+        xsq[D(x, F_PER_SLICE) ? tile[T_SLICE] : 0] += tile_sums[(first + k) * 4];
+    }
+    float *param_sq = sums + D(x, F_PARAM_SQ);
+    for (int64_t g = 0; g < groups; g++) {
+        param_sq[g] = (float)(xsq[g] * 18446744073709551616.0);         /* Σ (X·2^32)² */
+        param_sq[groups + g] = (float)(xsq[g] / 18446744073709551616.0); /* Σ (X·2^−32)² */
+    }
+    free(xsq);
+    if (!D(x, F_FACTORED)) return;
+    int64_t slices = D(x, F_SLICES), n = D(x, F_N), m = D(x, F_M);
+    int64_t row_tiles = D(x, F_ROW_TILES), col_tiles = D(x, F_COL_TILES);
+    float *row = sums + D(x, F_ROW), *col = sums + D(x, F_COL);
+    double *old = calloc((size_t)slices, sizeof(double));
+    for (int64_t k = 0; k < count; k++) {
+        const int64_t *tile = tiles + (first + k) * N_TILE_FIELDS;
+        if (tile[T_COL_TILE] == 0) old[tile[T_SLICE]] += tile_sums[(first + k) * 4 + 1];
+    }
+    for (int64_t s = 0; s < slices; s++) {
+        Slice sl = slice_of(x, s);
+        if (col_tiles > 1) {
+            const float *part = scratch + D(x, F_ROW_PARTS) + s * col_tiles * n;
+            for (int64_t i = 0; i < n; i++) {
+                float acc = 0.0f;
+                for (int64_t ct = 0; ct < col_tiles; ct++) acc += part[ct * n + i];
+                row[sl.row_base + i * sl.row_stride_r] = acc;
+            }
+        }
+        if (row_tiles > 1) {
+            const float *part = scratch + D(x, F_COL_PARTS) + s * row_tiles * m;
+            for (int64_t j = 0; j < m; j++) {
+                float acc = 0.0f;
+                for (int64_t rt = 0; rt < row_tiles; rt++) acc += part[rt * m + j];
+                col[sl.col_base + j * sl.col_stride_c] = acc;
+            }
+        }
+        double total = 0.0;
+        for (int64_t i = 0; i < n; i++) total += row[sl.row_base + i * sl.row_stride_r];
+        sums[D(x, F_TOTAL) + s] = (float)total;
+        sums[D(x, F_OLD_ROW_MEAN) + s] = (float)old[s];
+    }
+    free(old);
+}
+
+int adafactor_sums(const int64_t *desc, int64_t ntensors, const int64_t *tiles, int64_t ntiles,
+                   float *sums, float *scratch, double *tile_sums, int nthreads) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t k = 0; k < ntiles; k++)
+        sums_tile(tiles + k * N_TILE_FIELDS, desc, sums, scratch, tile_sums + k * 4);
+    for (int64_t i = 0; i < ntensors; i++) {
+        Tensor x = {desc + i * N_FIELDS};
+        sums_tensor(x, tiles, sums, scratch, tile_sums);
+    }
+    return 0;
+}
+
+/* --- Phase 2: the statistics and Σ U_t² ---------------------------------------------------- */
+
+/* R_t, C_t and mean_r(R_t) of one tensor, in place of its sums (phases.factored_statistics). */
+static double statistics_tensor(Tensor x, float *sums, const double *hp, const int64_t *flags) {
+    if (!D(x, F_FACTORED)) return 0.0;
+    Schedule s = schedule(x, hp, flags);
+    float w = (float)(1.0 - s.beta2_t), eps1 = (float)hp[HP_EPS1];
+    double numel = (double)D(x, F_WHOLE_NUMEL), wn = (double)D(x, F_WHOLE_N), wm = (double)D(x, F_WHOLE_M);
+    int64_t slices = D(x, F_SLICES), n = D(x, F_N), m = D(x, F_M);
+    const float *old_row = (const float *)PTR(x, F_STAT_A), *old_col = (const float *)PTR(x, F_STAT_B);
+    float *row = sums + D(x, F_ROW), *col = sums + D(x, F_COL);
+    float row_scale = (float)(numel / wm), col_scale = (float)(numel / wn), total_scale = (float)(numel / (wn * wm));
+    double nonfinite = 0.0;
+    for (int64_t k = 0; k < slices * n; k++) {
+        row[k] = lerp(old_row[k], row_scale * row[k] + eps1, w);
+        nonfinite += !isfinite(row[k]);
+    }
+    for (int64_t k = 0; k < slices * m; k++) {
+        col[k] = lerp(old_col[k], col_scale * col[k] + eps1, w);
+        nonfinite += !isfinite(col[k]);
+    }
+    float *total = sums + D(x, F_TOTAL);
+    const float *old_mean = sums + D(x, F_OLD_ROW_MEAN);
+    for (int64_t k = 0; k < slices; k++) total[k] = lerp(old_mean[k], total_scale * total[k] + eps1, w);
+    return nonfinite;
+}
+
+/* The per-row factors (R_t/mean_r R_t)^−½ and per-column factors C_t^−½ of a slice. */
+static inline float row_factor(Tensor x, const float *sums, Slice sl, int64_t s, int64_t i) {
+    return 1.0f / sqrtf(sums[D(x, F_ROW) + sl.row_base + i * sl.row_stride_r] / sums[D(x, F_TOTAL) + s]);
+}
+
+static void col_factors(Tensor x, const float *sums, Slice sl, int64_t col0, int64_t ncols, float *out) {
+    const float *col = sums + D(x, F_COL);
+    for (int64_t j = 0; j < ncols; j++) out[j] = 1.0f / sqrtf(col[sl.col_base + (col0 + j) * sl.col_stride_c]);
+}
+
+/* What a pass reads of one run of elements and what it works out: D_t (G or m̂_t), U_t. */
+typedef struct {
+    float g[MAX_COLS], d[MAX_COLS], u[MAX_COLS], m[MAX_COLS], v[MAX_COLS], cf[MAX_COLS];
+} Buffers;
+
+/* G, and D_t for Adam-style momentum, of k elements starting at element e; m holds m_t as
+ * the state stores it. */
+static void load_direction(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k,
+                           const double *hp, const int64_t *flags, Schedule s) {
+    int pcode = (int)D(x, F_PARAM_DTYPE);
+    load_row(at(PTR(x, F_GRAD), e, pcode), pcode, stride, k, b->g);
+    if (!flags[FLAG_GRADIENT_MOMENTUM]) {
+        memcpy(b->d, b->g, (size_t)k * 4);
+        return;
+    }
+    int mcode = (int)D(x, F_MOMENTUM_DTYPE);
+    float w = (float)(1.0 - hp[HP_BETA1]), bc = (float)s.bias_correction;
+    load_row(at(PTR(x, F_MOMENTUM), e, mcode), mcode, stride, k, b->m);
+    for (int64_t j = 0; j < k; j++) b->m[j] = lerp(b->m[j], b->g[j], w);
+    round_as(mcode, k, b->m); /* the step uses the momentum as the state stores it */
+    for (int64_t j = 0; j < k; j++) b->d[j] = b->m[j] * bc;
+}
+
+/* V̂_t of k elements of a full tensor into b->v, from V̂_{t−1} and G in b->g. */
+static void full_moment(Tensor x, Buffers *b, int64_t e, int64_t k, float w, float eps1) {
+    const float *v_old = (const float *)PTR(x, F_STAT_A) + e;
+    for (int64_t j = 0; j < k; j++) b->v[j] = lerp(v_old[j], b->g[j] * b->g[j] + eps1, w);
+}
+
+static void update_sums_tile(const int64_t *tile, const int64_t *desc, const float *sums,
+                             double *tile_sums, const double *hp, const int64_t *flags) {
+    Tensor x = {desc + tile[T_TENSOR] * N_FIELDS};
+    Schedule s = schedule(x, hp, flags);
+    static __thread Buffers b;
+    double su = 0.0, nonfinite = 0.0;
+    int64_t row0 = tile[T_ROW0], nrows = tile[T_ROWS];
+    if (!D(x, F_FACTORED)) {
+        float w = (float)(1.0 - s.beta2_t), eps1 = (float)hp[HP_EPS1];
+        for (int64_t e = row0; e < row0 + nrows; e += MAX_COLS) {
+            int64_t k = row0 + nrows - e < MAX_COLS ? row0 + nrows - e : MAX_COLS;
+            load_direction(x, &b, e, 1, k, hp, flags, s);
+            full_moment(x, &b, e, k, w, eps1);
+            float acc = 0.0f, bad = 0.0f;
+#pragma omp simd reduction(+ : acc, bad)
+            for (int64_t j = 0; j < k; j++) {
+                bad += !isfinite(b.v[j]);
+                float u = b.d[j] / sqrtf(b.v[j]);
+                acc += u * u;
+            }
+            su += acc;
+            nonfinite += bad;
+        }
+    } else {
+        Slice sl = slice_of(x, tile[T_SLICE]);
+        int64_t col0 = tile[T_COL0], ncols = tile[T_COLS];
+        col_factors(x, sums, sl, col0, ncols, b.cf);
+        for (int64_t i = row0; i < row0 + nrows; i++) {
+            int64_t e = sl.base + i * sl.row_stride + col0 * sl.col_stride;
+            load_direction(x, &b, e, sl.col_stride, ncols, hp, flags, s);
+            float rf = row_factor(x, sums, sl, tile[T_SLICE], i), acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < ncols; j++) {
+                float u = b.d[j] * rf * b.cf[j];
+                acc += u * u;
+            }
+            su += acc;
+        }
+    }
+    tile_sums[2] = su;
+    tile_sums[3] = nonfinite;
+}
+
+int adafactor_update_sums(const int64_t *desc, int64_t ntensors, const int64_t *tiles,
+                          int64_t ntiles, float *sums, double *tile_sums, const double *hp,
+                          const int64_t *flags, int nthreads) {
+    double *nonfinite = calloc((size_t)(ntensors > 0 ? ntensors : 1), sizeof(double));
+    for (int64_t i = 0; i < ntensors; i++) {
+        Tensor x = {desc + i * N_FIELDS};
+        nonfinite[i] = statistics_tensor(x, sums, hp, flags);
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t k = 0; k < ntiles; k++)
+        update_sums_tile(tiles + k * N_TILE_FIELDS, desc, sums, tile_sums + k * 4, hp, flags);
+    for (int64_t i = 0; i < ntensors; i++) {
+        Tensor x = {desc + i * N_FIELDS};
+        int64_t first = D(x, F_FIRST_TILE), count = D(x, F_TILES), groups = D(x, F_RMS_GROUPS);
+        double *su = calloc((size_t)groups, sizeof(double));
+        for (int64_t k = first; k < first + count; k++) {
+            su[D(x, F_PER_SLICE) ? tiles[k * N_TILE_FIELDS + T_SLICE] : 0] += tile_sums[k * 4 + 2];
+            nonfinite[i] += tile_sums[k * 4 + 3];
+        }
+        for (int64_t g = 0; g < groups; g++) sums[D(x, F_SUM_SQ_U) + g] = (float)su[g];
+        sums[D(x, F_NONFINITE)] = (float)nonfinite[i];
+        free(su);
+    }
+    free(nonfinite);
+    return 0;
+}
+
+/* --- Phase 3: the update ------------------------------------------------------------------ */
+
+/* α_t, RMS(U_t) and whether the step is taken, into the sums; step_scale and decay per RMS
+ * group into out (phases.apply_update). */
+static void apply_scalars(Tensor x, float *sums, const double *hp, const int64_t *flags,
+                          double *out) {
+    Schedule s = schedule(x, hp, flags);
+    int64_t groups = D(x, F_RMS_GROUPS);
+    double count = D(x, F_PER_SLICE) ? (double)(D(x, F_WHOLE_N) * D(x, F_WHOLE_M)) : (double)D(x, F_WHOLE_NUMEL);
+    if (count < 1.0) count = 1.0;
+    const float *param_sq = sums + D(x, F_PARAM_SQ), *su = sums + D(x, F_SUM_SQ_U);
+    int finite = sums[D(x, F_NONFINITE)] == 0.0f;
+    for (int64_t g = 0; g < groups; g++) finite = finite && isfinite(su[g]) && isfinite(param_sq[groups + g]);
+    sums[D(x, F_FINITE)] = (float)finite;
+    for (int64_t g = 0; g < groups; g++) {
+        float rho = (float)s.rho_t, alpha = rho;
+        if (flags[FLAG_SCALE_PARAMETER]) {
+            float up = sqrtf(param_sq[g] / (float)count), down = sqrtf(param_sq[groups + g] / (float)count);
+            float rms_x = isfinite(up) ? up / 4294967296.0f : down * 4294967296.0f;
+            alpha = rho * fmaxf(rms_x, (float)hp[HP_EPS2]);
+        }
+        float update_rms = sqrtf(su[g] / (float)count);
+        float divisor = 1.0f;
+        if (flags[FLAG_CLIP]) divisor = fmaxf(update_rms / (float)hp[HP_CLIP_THRESHOLD], 1.0f);
+        float scale = flags[FLAG_DECAY_SCALE] == 0 ? rho : flags[FLAG_DECAY_SCALE] == 1 ? alpha
+                      : flags[FLAG_DECAY_SCALE] == 2 ? (float)hp[HP_LR] : 1.0f;
+        sums[D(x, F_ALPHA) + g] = alpha;
+        sums[D(x, F_UPDATE_RMS) + g] = update_rms;
+        out[2 * g] = alpha / divisor;
+        out[2 * g + 1] = (float)hp[HP_WEIGHT_DECAY] * scale;
+    }
+}
+
+/* X_t = X − (step + decay·X) for k elements at e, with the momentum and a full V̂ stored. */
+static void apply_run(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k, float rf,
+                      const float *cf, float step_scale, float decay, const double *hp,
+                      const int64_t *flags, Schedule s, uint64_t seed) {
+    int pcode = (int)D(x, F_PARAM_DTYPE), mcode = (int)D(x, F_MOMENTUM_DTYPE);
+    load_direction(x, b, e, stride, k, hp, flags, s);
+    if (flags[FLAG_GRADIENT_MOMENTUM]) store_row((char *)PTR(x, F_MOMENTUM) + e * elem_size(mcode), mcode, stride, k, b->m);
+    if (cf) {
+        for (int64_t j = 0; j < k; j++) b->u[j] = b->d[j] * rf * cf[j];
+    } else {
+        full_moment(x, b, e, k, (float)(1.0 - s.beta2_t), (float)hp[HP_EPS1]);
+        memcpy((float *)PTR(x, F_STAT_A) + e, b->v, (size_t)k * 4);
+        for (int64_t j = 0; j < k; j++) b->u[j] = b->d[j] / sqrtf(b->v[j]);
+    }
+    for (int64_t j = 0; j < k; j++) b->u[j] *= step_scale;
+    if (flags[FLAG_STEP_MOMENTUM]) {
+        float w = (float)(1.0 - hp[HP_BETA1]);
+        void *mp = (char *)PTR(x, F_MOMENTUM) + e * elem_size(mcode);
+        load_row(mp, mcode, stride, k, b->m);
+        for (int64_t j = 0; j < k; j++) b->m[j] = lerp(b->m[j], b->u[j], w);
+        store_row(mp, mcode, stride, k, b->m);
+        round_as(mcode, k, b->m); /* the step is the momentum as stored */
+        memcpy(b->u, b->m, (size_t)k * 4);
+    }
+    if (flags[FLAG_MAXIMIZE]) for (int64_t j = 0; j < k; j++) b->u[j] = -b->u[j];
+    void *xp = (char *)PTR(x, F_PARAM) + e * elem_size(pcode);
+    load_row(xp, pcode, stride, k, b->g); /* g now holds X */
+    for (int64_t j = 0; j < k; j++) b->g[j] = b->g[j] - (b->u[j] + b->g[j] * decay);
+    if (pcode == 1 && flags[FLAG_STOCHASTIC_ROUNDING])
+        store_bf16_stochastic((uint16_t *)xp, stride, k, b->g, seed, (uint64_t)e);
+    else
+        store_row(xp, pcode, stride, k, b->g);
+}
+
+static void apply_tile(const int64_t *tile, const int64_t *desc, const float *sums,
+                       const double *scalars, const double *hp, const int64_t *flags,
+                       uint64_t seed) {
+    Tensor x = {desc + tile[T_TENSOR] * N_FIELDS};
+    if (sums[D(x, F_FINITE)] == 0.0f) return; /* skipped: nothing changes */
+    Schedule s = schedule(x, hp, flags);
+    static __thread Buffers b;
+    int64_t row0 = tile[T_ROW0], nrows = tile[T_ROWS];
+    const double *own = scalars + 2 * (D(x, F_PER_SLICE) ? tile[T_SLICE] : 0);
+    float step_scale = (float)own[0], decay = (float)own[1];
+    uint64_t tensor_seed = mix64(seed + (uint64_t)tile[T_TENSOR]);
+    if (!D(x, F_FACTORED)) {
+        for (int64_t e = row0; e < row0 + nrows; e += MAX_COLS) {
+            int64_t k = row0 + nrows - e < MAX_COLS ? row0 + nrows - e : MAX_COLS;
+            apply_run(x, &b, e, 1, k, 0.0f, NULL, step_scale, decay, hp, flags, s, tensor_seed);
+        }
+        return;
+    }
+    Slice sl = slice_of(x, tile[T_SLICE]);
+    int64_t col0 = tile[T_COL0], ncols = tile[T_COLS];
+    col_factors(x, sums, sl, col0, ncols, b.cf);
+    for (int64_t i = row0; i < row0 + nrows; i++) {
+        int64_t e = sl.base + i * sl.row_stride + col0 * sl.col_stride;
+        apply_run(x, &b, e, sl.col_stride, ncols, row_factor(x, sums, sl, tile[T_SLICE], i), b.cf,
+                  step_scale, decay, hp, flags, s, tensor_seed);
+    }
+}
+
+/* Commit R_t and C_t where the step was taken, and count it. */
+static void commit_tensor(Tensor x, const float *sums) {
+    int finite = sums[D(x, F_FINITE)] != 0.0f;
+    if (D(x, F_FACTORED) && finite) {
+        int64_t slices = D(x, F_SLICES);
+        memcpy(PTR(x, F_STAT_A), sums + D(x, F_ROW), (size_t)(slices * D(x, F_N)) * 4);
+        memcpy(PTR(x, F_STAT_B), sums + D(x, F_COL), (size_t)(slices * D(x, F_M)) * 4);
+    }
+    *(float *)PTR(x, F_STEP) += (float)finite;
+    *(int64_t *)PTR(x, F_SKIPS) += !finite;
+}
+
+int adafactor_apply(const int64_t *desc, int64_t ntensors, const int64_t *tiles, int64_t ntiles,
+                    float *sums, double *scalars, const int64_t *scalar_offsets,
+                    const double *hp, const int64_t *flags, uint64_t seed, int nthreads) {
+    for (int64_t i = 0; i < ntensors; i++) {
+        Tensor x = {desc + i * N_FIELDS};
+        apply_scalars(x, sums, hp, flags, scalars + scalar_offsets[i]);
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t k = 0; k < ntiles; k++) {
+        const int64_t *tile = tiles + k * N_TILE_FIELDS;
+        apply_tile(tile, desc, sums, scalars + scalar_offsets[tile[T_TENSOR]], hp, flags, seed);
+    }
+    for (int64_t i = 0; i < ntensors; i++) {
+        Tensor x = {desc + i * N_FIELDS};
+        commit_tensor(x, sums);
+    }
+    return 0;
+}

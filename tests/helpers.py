@@ -1,0 +1,84 @@
+"""Helpers shared by the tests: the optimizer and the float64 reference side by side, test
+gradients and parameters, and the step paths every behaviour is checked on."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import types
+
+import pytest
+import torch
+
+import adafactor.kernels
+from adafactor import Adafactor
+from adafactor.reference import ReferenceAdafactor
+
+STEP_PATHS = ("eager", "cpu-kernels", "triton-kernels")
+"""The ways a CPU step can run: tensor by tensor (``fused=False``), the C group kernels, and
+the Triton group kernels run by Triton's interpreter on CPU tensors."""
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton's kernels can run here on CPU tensors (``TRITON_INTERPRET=1``)."""
+    return (
+        os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
+    )
+
+
+def interpreted_triton_backend() -> types.SimpleNamespace:
+    """The Triton kernels as a backend for CPU tensors (the interpreter runs them)."""
+    from adafactor.kernels import triton as kernels
+
+    names = ("make_buffers", "numbers", "sums", "update_sums", "apply", "sums_of", "LAUNCHES")
+    return types.SimpleNamespace(DEVICE_TYPE="cpu", **{n: getattr(kernels, n) for n in names})
+
+
+def use_step_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Make CPU steps run on ``path`` (one of ``STEP_PATHS``) with the default ``fused=None``."""
+    if path == "eager":
+        backend = None
+    elif path == "cpu-kernels":
+        from adafactor.kernels import cpu as backend
+    else:
+        if not triton_interpreted():
+            pytest.skip("needs triton, run by its interpreter (TRITON_INTERPRET=1)")
+        backend = interpreted_triton_backend()
+    monkeypatch.setattr(adafactor.kernels, "_backend", lambda device_type: backend)
+
+
+def wide_gradient(shape: tuple[int, ...], generator: torch.Generator, dtype=torch.float64):
+    """Gradients spanning ~16 orders of magnitude across rows and columns, with zero rows."""
+    g = torch.randn(shape, generator=generator, dtype=torch.float64)
+    if len(shape) >= 1 and g.numel():
+        scale = 10.0 ** torch.empty(shape[0], dtype=torch.float64).uniform_(
+            -8, 8, generator=generator
+        )
+        g = g * scale.reshape((-1,) + (1,) * (len(shape) - 1))
+        g[0] = 0.0  # an all-zero row, from the first step on
+    if len(shape) >= 2 and g.numel():
+        scale = 10.0 ** torch.empty(shape[-1], dtype=torch.float64).uniform_(
+            -4, 4, generator=generator
+        )
+        g = g * scale
+    return g.to(dtype)
+
+
+def run_side_by_side(params, grads_per_step, **options):
+    """Step ``Adafactor`` on copies of ``params`` and the reference on float64 copies."""
+    ours = [p.detach().clone().requires_grad_(True) for p in params]
+    opt = Adafactor(ours, **options)
+    ref = ReferenceAdafactor(params, **options)
+    for grads in grads_per_step:
+        for p, g in zip(ours, grads):
+            p.grad = None if g is None else g.to(p.dtype)
+        opt.step()
+        ref.step([None if g is None else g.to(p.dtype) for p, g in zip(ours, grads)])
+    return opt, ours, ref
+
+
+def magnitudes(shape, scale, gen, dtype=torch.float64):
+    """Random signs, magnitudes in [0.1, 1]·scale: the largest is at most ``scale``."""
+    u = torch.empty(shape, dtype=torch.float64).uniform_(0.1, 1.0, generator=gen)
+    sign = torch.randint(0, 2, shape, generator=gen, dtype=torch.float64) * 2 - 1
+    return (u * sign * scale).to(dtype)
