@@ -3,12 +3,16 @@ gradients and parameters, and the step paths every behaviour is checked on."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
+import pathlib
+import sys
 import types
 
 import pytest
 import torch
+from hypothesis import strategies as st
 
 import adafactor.kernels
 from adafactor import Adafactor
@@ -82,3 +86,63 @@ def magnitudes(shape, scale, gen, dtype=torch.float64):
     u = torch.empty(shape, dtype=torch.float64).uniform_(0.1, 1.0, generator=gen)
     sign = torch.randint(0, 2, shape, generator=gen, dtype=torch.float64) * 2 - 1
     return (u * sign * scale).to(dtype)
+
+
+def snapshot(opt, params):
+    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+
+
+def assert_unchanged(opt, params, snap):
+    values, state = snap
+    for p, v in zip(params, values):
+        assert torch.equal(p, v)
+    now = opt.state_dict()
+    assert now["param_groups"] == state["param_groups"]
+    assert now["state"].keys() == state["state"].keys()
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            assert torch.equal(now["state"][pid][key], value)
+
+
+def make_trained(nonfinite_grad="skip", **kwargs):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(4))]
+    opt = Adafactor(params, nonfinite_grad=nonfinite_grad, **kwargs)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    return params, opt
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+shape_lists = st.lists(st.integers(0, 6), min_size=0, max_size=4).map(tuple)
+option_sets = st.fixed_dictionaries(
+    {},
+    optional={
+        "lr": st.sampled_from([1e-2, 0.3, 1e-4]),
+        "clip_threshold": st.sampled_from([None, 1.0, 0.3]),
+        "decay_rate": st.sampled_from([0.5, 0.8, 1.0]),
+        "beta1": st.sampled_from([None, 0.0, 0.9]),
+        "beta2": st.sampled_from([None, 0.999, 0.5]),
+        "momentum_of": st.sampled_from(["step", "gradient"]),
+        "weight_decay": st.sampled_from([0.0, 0.1]),
+        "weight_decay_scale": st.sampled_from(["rho", "alpha", "lr", "none"]),
+        "relative_step": st.booleans(),
+        "scale_parameter": st.booleans(),
+        "factored": st.booleans(),
+        "min_dim_size_to_factor": st.sampled_from([1, 2, 4]),
+        "factor_dims": st.sampled_from(["largest", "last"]),
+        "maximize": st.booleans(),
+    },
+)

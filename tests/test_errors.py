@@ -4,24 +4,9 @@ import copy
 
 import pytest
 import torch
+from helpers import assert_unchanged, make_trained, snapshot
 
 from adafactor import Adafactor
-
-
-def snapshot(opt, params):
-    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
-
-
-def assert_unchanged(opt, params, snap):
-    values, state = snap
-    for p, v in zip(params, values):
-        assert torch.equal(p, v)
-    now = opt.state_dict()
-    assert now["param_groups"] == state["param_groups"]
-    assert now["state"].keys() == state["state"].keys()
-    for pid, entries in state["state"].items():
-        for key, value in entries.items():
-            assert torch.equal(now["state"][pid][key], value)
 
 
 @pytest.mark.parametrize(
@@ -98,17 +83,6 @@ def test_sparse_gradient_raises_before_anything_changes():
         opt.step()
     assert_unchanged(opt, [dense, emb.weight], snap)
     assert not opt.state  # not even lazily initialised
-
-
-def make_trained(nonfinite_grad="skip", **kwargs):
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(4))]
-    opt = Adafactor(params, nonfinite_grad=nonfinite_grad, **kwargs)
-    for _ in range(3):
-        for p in params:
-            p.grad = torch.randn_like(p)
-        opt.step()
-    return params, opt
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -17,9 +17,9 @@ import math
 
 import torch
 from helpers import magnitudes, run_side_by_side
+from helpers import option_sets as options
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_reference import options
 
 from adafactor import Adafactor, optimizer_state_bytes, state_bytes
 

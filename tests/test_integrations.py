@@ -3,31 +3,22 @@ GradScaler, torch.compile of a train step, and torch.optim.lr_scheduler schedule
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 import torch
+from helpers import example
 
 from adafactor import Adafactor
 from adafactor.reference import ReferenceAdafactor
-
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-
-
-def example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_trainer_with_our_defaults_and_its_default_linear_schedule():
     pytest.importorskip("transformers")
     trainer = example("trainer_tiny").main(max_steps=5, warmup_steps=1)
-    opt = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    opt = (
+        trainer.optimizer.optimizer
+        if hasattr(trainer.optimizer, "optimizer")
+        else trainer.optimizer
+    )
     assert isinstance(opt, Adafactor)
     assert all(g["relative_step"] and g["scale_parameter"] for g in opt.param_groups)
     # The schedule scales our lr (the cap of ρ_t) linearly: warm-up to 1e-2, then down to 0.
@@ -46,7 +37,9 @@ def test_hf_adafactor_defaults_crash_under_the_trainers_schedule():
     from transformers.optimization import Adafactor as HFAdafactor
 
     module = example("trainer_tiny")
-    model = module.GPT2LMHeadModel(module.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    model = module.GPT2LMHeadModel(
+        module.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    )
     optimizer = HFAdafactor(model.parameters())
     with pytest.raises(TypeError):
         get_linear_schedule_with_warmup(optimizer, 1, 5)

@@ -37,7 +37,10 @@ def test_rows_agree_with_the_state_a_real_optimizer_keeps():
     rows = dict(memory_rows(model.parameters()))
     numel = sum(p.numel() for p in model.parameters())
     measured = {}
-    for name, options in (("Adafactor, defaults (no momentum)", {}), ("Adafactor, beta1=0.9", {"beta1": 0.9})):
+    for name, options in (
+        ("Adafactor, defaults (no momentum)", {}),
+        ("Adafactor, beta1=0.9", {"beta1": 0.9}),
+    ):
         opt = Adafactor(model.parameters(), **options)
         for p in model.parameters():
             p.grad = torch.randn_like(p)
@@ -46,7 +49,9 @@ def test_rows_agree_with_the_state_a_real_optimizer_keeps():
     adam = torch.optim.Adam(model.parameters())
     adam.step()
     assert rows["Adam / AdamW (m and v)"] == optimizer_state_bytes(adam)
-    assert rows["Adafactor, defaults (no momentum)"] == measured["Adafactor, defaults (no momentum)"]
+    assert (
+        rows["Adafactor, defaults (no momentum)"] == measured["Adafactor, defaults (no momentum)"]
+    )
     assert rows["Adafactor, beta1=0.9"] == measured["Adafactor, beta1=0.9"]
     # float32 momentum costs 4 bytes per element, bfloat16 momentum 2.
     defaults = rows["Adafactor, defaults (no momentum)"]

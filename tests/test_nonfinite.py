@@ -1,8 +1,8 @@
 """Non-finite gradients never spread: skipped and counted (no host sync), or raised on request.
 
-Every test here runs over ``PATHS``, the ways a step can be taken. Today there is one
-implementation (the per-tensor phased step of ``algorithm.py``), reached through ``step()``
-and through ``step(closure)``; a foreach or compiled fast path slots in as one more entry.
+Every test here runs on every step path (``helpers.STEP_PATHS``: the eager step, the C group
+kernels, the Triton group kernels through the interpreter), reached through ``step()`` and
+``step(closure)`` (``CALLS``).
 
 The central check is an equivalence: a run in which faults (NaN, ±Inf, gradients whose square
 overflows) are injected into some parameters' gradients at some steps is *bit-identical*, in
@@ -19,7 +19,7 @@ import zlib
 
 import pytest
 import torch
-from test_errors import assert_unchanged, snapshot
+from helpers import STEP_PATHS, assert_unchanged, snapshot, use_step_path
 
 from adafactor import Adafactor
 
@@ -39,11 +39,7 @@ def _step_with_closure(opt, params, grads):
     opt.step(closure)
 
 
-PATHS = {
-    "step": ({}, _step),
-    "step(closure)": ({}, _step_with_closure),
-    # Future fast paths: e.g. "foreach": ({"foreach": True}, _step) and a compiled step.
-}
+CALLS = {"step": _step, "step(closure)": _step_with_closure}
 
 CONFIGS = {
     "factored": {},
@@ -72,17 +68,17 @@ def _fault(kind: str, dtype: torch.dtype) -> float:
     return {"nan": float("nan"), "+inf": float("inf"), "-inf": -float("inf")}[kind]
 
 
-def _faulty_runs(path, config, dtype, steps=24, seed=0):
+def _faulty_runs(call, config, dtype, steps=24, seed=0):
     """Run twin optimizers: ``faulty`` gets injected bad gradients, ``clean`` gets ``None``
     where ``faulty`` got a bad one. Returns both, their params, and faults per param."""
-    extra, do_step = PATHS[path]
+    do_step = CALLS[call]
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     init = [torch.randn(s, generator=gen).to(dtype) for s in SHAPES]
     faulty = [x.clone().requires_grad_() for x in init]
     clean = [x.clone().requires_grad_() for x in init]
-    opt_f = Adafactor(faulty, **config, **extra)
-    opt_c = Adafactor(clean, **config, **extra)
+    opt_f = Adafactor(faulty, **config)
+    opt_c = Adafactor(clean, **config)
     injected = [0] * len(init)
     for t in range(steps):
         grads_f, grads_c = [], []
@@ -106,13 +102,29 @@ def _faulty_runs(path, config, dtype, steps=24, seed=0):
     return opt_f, faulty, opt_c, clean, injected
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("path", PATHS)
-def test_injected_faults_are_bit_identical_to_absent_gradients(path, config, dtype):
+def _fault_cases():
+    """Every step path × call × configuration × dtype; through the (slow) interpreter, the
+    Triton kernels take ``step()`` in float32 and bfloat16, over fewer steps."""
+    for step_path in STEP_PATHS:
+        interpreted = step_path == "triton-kernels"
+        for call in ["step"] if interpreted else CALLS:
+            for config in CONFIGS:
+                dtypes = [torch.float32, torch.bfloat16]
+                for dtype in dtypes if interpreted else [*dtypes, torch.float16]:
+                    name = f"{step_path}-{call}-{config}-{str(dtype)[6:]}"
+                    yield pytest.param(
+                        step_path, call, config, dtype, 10 if interpreted else 24, id=name
+                    )
+
+
+@pytest.mark.parametrize("step_path, call, config, dtype, steps", _fault_cases())
+def test_injected_faults_are_bit_identical_to_absent_gradients(
+    monkeypatch, step_path, call, config, dtype, steps
+):
+    use_step_path(monkeypatch, step_path)
     seed = zlib.crc32(f"{config}/{dtype}".encode())  # each combination its own faults
-    opt_f, faulty, opt_c, clean, injected = _faulty_runs(path, CONFIGS[config], dtype, seed=seed)
-    assert sum(injected) >= 10  # the faults really happen (17 to 31 per run, 872 over the 36 runs)
+    opt_f, faulty, opt_c, clean, injected = _faulty_runs(call, CONFIGS[config], dtype, steps, seed)
+    assert sum(injected) >= (3 if steps < 24 else 10)  # the faults really happen
     for i, (p, q) in enumerate(zip(faulty, clean)):
         assert torch.equal(p, q), i
         assert torch.isfinite(p).all(), i
@@ -124,14 +136,14 @@ def test_injected_faults_are_bit_identical_to_absent_gradients(path, config, dty
             if key != "nonfinite_skips":
                 assert torch.equal(value, state_c[key]), (i, key)
                 assert torch.isfinite(value).all(), (i, key)
-        assert int(state_f["step"]) == 24 - injected[i]
+        assert int(state_f["step"]) == steps - injected[i]
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_diagnostics_do_not_count_a_skipped_step_as_clipped(path):
-    extra, do_step = PATHS[path]
+@pytest.mark.parametrize("call", CALLS)
+def test_diagnostics_do_not_count_a_skipped_step_as_clipped(step_path, call):
+    do_step = CALLS[call]
     p = torch.nn.Parameter(torch.ones(4, 3))
-    opt = Adafactor([p], clip_threshold=1e-3, diagnostics=True, **extra)  # every step clips
+    opt = Adafactor([p], clip_threshold=1e-3, diagnostics=True)  # every step clips
     do_step(opt, [p], [torch.randn(4, 3)])
     do_step(opt, [p], [torch.full((4, 3), float("nan"))])
     do_step(opt, [p], [torch.randn(4, 3)])
@@ -140,9 +152,9 @@ def test_diagnostics_do_not_count_a_skipped_step_as_clipped(path):
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("path", PATHS)
-def test_raise_names_the_parameter_across_groups_and_changes_nothing(path, config):
-    extra, do_step = PATHS[path]
+@pytest.mark.parametrize("call", CALLS)
+def test_raise_names_the_parameter_across_groups_and_changes_nothing(step_path, call, config):
+    do_step = CALLS[call]
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
     named = list(model.named_parameters())
@@ -150,7 +162,6 @@ def test_raise_names_the_parameter_across_groups_and_changes_nothing(path, confi
         [{"params": named[:2]}, {"params": named[2:], "lr": 1e-3}],
         nonfinite_grad="raise",
         **CONFIGS[config],
-        **extra,
     )
     params = [p for _, p in named]
     do_step(opt, params, [torch.randn_like(p) for p in params])

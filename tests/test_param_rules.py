@@ -25,15 +25,24 @@ def names(group):
 
 
 def test_groups_follow_rules_in_model_order():
-    groups = param_groups(Block(), [
-        NO_DECAY_FOR_NORMS_AND_BIASES,
-        (r"^experts$", {"factor_dims": "last"}),
-    ])
+    groups = param_groups(
+        Block(),
+        [
+            NO_DECAY_FOR_NORMS_AND_BIASES,
+            (r"^experts$", {"factor_dims": "last"}),
+        ],
+    )
     # A module's own parameters come before its submodules' in named_parameters().
     assert [names(g) for g in groups] == [
         ["experts"],
         ["embed.weight", "attn.weight"],
-        ["ln_1.weight", "ln_1.bias", "attn.bias", "final_layer_norm.weight", "final_layer_norm.bias"],
+        [
+            "ln_1.weight",
+            "ln_1.bias",
+            "attn.bias",
+            "final_layer_norm.weight",
+            "final_layer_norm.bias",
+        ],
     ]
     assert groups[0]["factor_dims"] == "last" and "weight_decay" not in groups[0]
     assert "weight_decay" not in groups[1] and groups[2]["weight_decay"] == 0.0
@@ -69,10 +78,13 @@ def test_a_stacked_tensor_gets_its_own_factoring():
 
 
 def test_later_rules_override_earlier_ones():
-    groups = param_groups(Block(), [
-        (r"weight$", {"weight_decay": 0.1, "beta1": 0.9}),
-        (r"^attn\.", {"weight_decay": 0.0}),
-    ])
+    groups = param_groups(
+        Block(),
+        [
+            (r"weight$", {"weight_decay": 0.1, "beta1": 0.9}),
+            (r"^attn\.", {"weight_decay": 0.0}),
+        ],
+    )
     by_name = {n: g for g in groups for n in names(g)}
     assert by_name["attn.weight"]["weight_decay"] == 0.0
     assert by_name["attn.weight"]["beta1"] == 0.9

@@ -139,7 +139,12 @@ BV_CONFIGS = [
     {"beta2_cap": 1.0, "momentum_dtype": torch.float64},  # momentum in the parameters' dtype
     {"beta2_cap": 1.0, "momentum": None, "clipping_threshold": 1.0, "lr": 0.3, "weight_decay": 0.1},
     {"beta2_cap": 1.0, "momentum": None, "weight_decay": 0.1, "unscaled_wd": True, "lr": 0.01},
-    {"beta2_cap": 1.0, "momentum": 0.5, "momentum_dtype": torch.float64, "min_dim_size_to_factor": 2},
+    {
+        "beta2_cap": 1.0,
+        "momentum": 0.5,
+        "momentum_dtype": torch.float64,
+        "min_dim_size_to_factor": 2,
+    },
 ]
 
 
@@ -193,10 +198,19 @@ def test_torch_default_eps1_is_resolved_from_the_first_parameter_dtype():
 
 OPTAX_CONFIGS = [
     {},
-    {"learning_rate": 0.01, "momentum": 0.9, "weight_decay_rate": 1e-3, "min_dim_size_to_factor": 4},
+    {
+        "learning_rate": 0.01,
+        "momentum": 0.9,
+        "weight_decay_rate": 1e-3,
+        "min_dim_size_to_factor": 4,
+    },
     {"learning_rate": 0.02, "factored": False, "decay_rate": 0.5},
-    {"learning_rate": 0.1, "multiply_by_parameter_scale": False, "clipping_threshold": None,
-     "min_dim_size_to_factor": 2},
+    {
+        "learning_rate": 0.1,
+        "multiply_by_parameter_scale": False,
+        "clipping_threshold": None,
+        "min_dim_size_to_factor": 2,
+    },
 ]
 
 
@@ -276,8 +290,12 @@ def test_factoring_no_rule_reproduces_raises_naming_the_parameter():
 
 def test_parameter_groups_take_the_peers_options():
     weights, biases = make_params()[:1], make_params()[1:2]
-    opt = like("hf", [{"params": weights}, {"params": biases, "weight_decay": 0.0}],
-               weight_decay=0.1, beta1=0.9)
+    opt = like(
+        "hf",
+        [{"params": weights}, {"params": biases, "weight_decay": 0.0}],
+        weight_decay=0.1,
+        beta1=0.9,
+    )
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
     assert all(g["beta1"] == 0.9 and g["weight_decay_scale"] == "alpha" for g in opt.param_groups)
     assert isinstance(opt, Adafactor)

@@ -4,14 +4,15 @@ import math
 
 import pytest
 import torch
+from helpers import option_sets as options
+from helpers import run_side_by_side, use_step_path, wide_gradient
+from helpers import shape_lists as shapes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adafactor import Adafactor
 from adafactor.presets import ADAM
 from adafactor.reference import ReferenceAdafactor, ReferenceAdam
-
-from helpers import run_side_by_side, wide_gradient
 
 
 def test_defaults_match_reference_to_float64_round_off_over_many_steps():
@@ -94,28 +95,6 @@ def test_adam_configuration_matches_paper_algorithm_1():
             torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-15)
 
 
-shapes = st.lists(st.integers(0, 6), min_size=0, max_size=4).map(tuple)
-options = st.fixed_dictionaries(
-    {},
-    optional={
-        "lr": st.sampled_from([1e-2, 0.3, 1e-4]),
-        "clip_threshold": st.sampled_from([None, 1.0, 0.3]),
-        "decay_rate": st.sampled_from([0.5, 0.8, 1.0]),
-        "beta1": st.sampled_from([None, 0.0, 0.9]),
-        "beta2": st.sampled_from([None, 0.999, 0.5]),
-        "momentum_of": st.sampled_from(["step", "gradient"]),
-        "weight_decay": st.sampled_from([0.0, 0.1]),
-        "weight_decay_scale": st.sampled_from(["rho", "alpha", "lr", "none"]),
-        "relative_step": st.booleans(),
-        "scale_parameter": st.booleans(),
-        "factored": st.booleans(),
-        "min_dim_size_to_factor": st.sampled_from([1, 2, 4]),
-        "factor_dims": st.sampled_from(["largest", "last"]),
-        "maximize": st.booleans(),
-    },
-)
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shapes=st.lists(shapes, min_size=1, max_size=3),
@@ -138,22 +117,57 @@ def test_property_float64_matches_reference(shapes, options, seed, steps, warmup
         torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+def _float32_matches_reference(path, shape, options, seed):
+    # float32 math has a relative error of ~1e-6 per operation; over 3 steps of O(10)
+    # operations the parameters agree to well within 1e-4 of the step taken.
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_step_path(monkeypatch, path)
+        gen = torch.Generator().manual_seed(seed)
+        x0 = torch.randn(shape, generator=gen, dtype=torch.float64)
+        grads = [[torch.randn(shape, generator=gen, dtype=torch.float64)] for _ in range(3)]
+        opt, ours, ref = run_side_by_side([x0.float()], grads, **options)
+    moved = (ref.params[0] - x0).abs().max().item()
+    err = (ours[0].detach().double() - ref.params[0]).abs().max().item()
+    assert err <= 1e-4 * moved + 1e-6 * x0.abs().max().item()
+
+
+FLOAT32 = dict(
     shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple),
     options=options,
     seed=st.integers(0, 2**16),
 )
-def test_property_float32_matches_reference(shape, options, seed):
-    # float32 math has a relative error of ~1e-6 per operation; over 3 steps of O(10)
-    # operations the parameters agree to well within 1e-4 of the step taken.
-    gen = torch.Generator().manual_seed(seed)
-    x0 = torch.randn(shape, generator=gen, dtype=torch.float64)
-    grads = [[torch.randn(shape, generator=gen, dtype=torch.float64)] for _ in range(3)]
-    opt, ours, ref = run_side_by_side([x0.float()], grads, **options)
-    moved = (ref.params[0] - x0).abs().max().item()
-    err = (ours[0].detach().double() - ref.params[0]).abs().max().item()
-    assert err <= 1e-4 * moved + 1e-6 * x0.abs().max().item()
+
+
+@pytest.mark.parametrize("path", ["eager", "cpu-kernels"])
+@settings(max_examples=60, deadline=None)
+@given(**FLOAT32)
+def test_property_float32_matches_reference(path, shape, options, seed):
+    _float32_matches_reference(path, shape, options, seed)
+
+
+@settings(max_examples=10, deadline=None)  # Triton's interpreter takes ~1 s a step
+@given(**FLOAT32)
+def test_property_float32_triton_kernels_match_reference(shape, options, seed):
+    _float32_matches_reference("triton-kernels", shape, options, seed)
+
+
+def test_the_chunked_eager_step_matches_the_reference(monkeypatch):
+    # Tensors larger than a chunk step a few rows at a time (tiling.row_chunks); with chunks
+    # of 64 elements every tensor here is cut into several, with rows split unevenly, and
+    # the values must still be the paper's to float64 round-off. (float64 tensors always step
+    # eagerly: the group kernels take 32- and 16-bit ones.)
+    from adafactor import tiling
+
+    monkeypatch.setattr(tiling, "CHUNK_NUMEL", 64)
+    gen = torch.Generator().manual_seed(7)
+    params = [
+        torch.randn(s, generator=gen, dtype=torch.float64) for s in [(23, 17), (301,), (3, 11, 9)]
+    ]
+    steps = [[wide_gradient(tuple(p.shape), gen) for p in params] for _ in range(12)]
+    for chosen in ({}, {"beta1": 0.9, "momentum_of": "gradient", "weight_decay": 0.1}):
+        _, ours, ref = run_side_by_side(params, steps, **chosen)
+        for p, r in zip(ours, ref.params):
+            torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

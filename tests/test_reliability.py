@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from test_errors import assert_unchanged, make_trained, snapshot
+from helpers import assert_unchanged, make_trained, snapshot
 
 from adafactor import Adafactor
 

@@ -53,7 +53,9 @@ def test_beta2_cap_bounds_the_decay():
     t = torch.tensor([1.0, 10.0, 1e4], dtype=torch.float64)
     capped = second_moment_decay(t, 0.8, None, cap=0.99)
     expected = [0.0, 1 - 10**-0.8, 0.99]  # 1 - 10^-0.8 = 0.8415 < 0.99 < 1 - 1e4^-0.8
-    torch.testing.assert_close(capped, torch.tensor(expected, dtype=torch.float64), rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        capped, torch.tensor(expected, dtype=torch.float64), rtol=1e-15, atol=0
+    )
 
 
 def test_decay_offset_restarts_the_schedule_and_never_divides_by_zero():
@@ -61,7 +63,9 @@ def test_decay_offset_restarts_the_schedule_and_never_divides_by_zero():
     shifted = second_moment_decay(t, 0.8, None, offset=3)
     # Up to t = offset + 1 the schedule sits at its first value, 0; then 1 - (t - 3)^-0.8.
     expected = [0.0, 0.0, 0.0, 0.0] + [1 - k**-0.8 for k in (2, 3, 4, 5)]
-    torch.testing.assert_close(shifted, torch.tensor(expected, dtype=torch.float64), rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        shifted, torch.tensor(expected, dtype=torch.float64), rtol=1e-15, atol=0
+    )
     adam = second_moment_decay(t, 0.8, 0.999, offset=3)
     assert adam[:4].tolist() == [0.0] * 4 and bool(adam.isfinite().all())
 

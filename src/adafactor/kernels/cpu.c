@@ -173,29 +173,30 @@ static inline const char *at(const void *p, int64_t index, int code) {
     return (const char *)p + index * elem_size(code);
 }
 
-/* The schedules at t = step + 1 (schedules.py), in double. */
-typedef struct { double t, beta2_t, rho_t, bias_correction; } Schedule;
+/* The schedules at t = step + 1 (schedules.py), in float32 as the eager step computes them
+ * (for β2 near 1, 1 − β2^t loses digits there: the same ones here). */
+typedef struct { float t, beta2_t, rho_t, bias_correction; } Schedule;
 
 static Schedule schedule(Tensor x, const double *hp, const int64_t *flags) {
     Schedule s;
-    s.t = (double)*(const float *)PTR(x, F_STEP) + 1.0;
-    double td = s.t - hp[HP_DECAY_OFFSET];
-    if (td < 1.0) td = 1.0;
+    s.t = *(const float *)PTR(x, F_STEP) + 1.0f;
+    float td = s.t - (float)hp[HP_DECAY_OFFSET];
+    if (td < 1.0f) td = 1.0f;
     if (flags[FLAG_BETA2]) {
-        double b2 = hp[HP_BETA2];
-        s.beta2_t = b2 * (1.0 - pow(b2, td - 1.0)) / (1.0 - pow(b2, td));
+        float b2 = (float)hp[HP_BETA2];
+        s.beta2_t = b2 * (1.0f - powf(b2, td - 1.0f)) / (1.0f - powf(b2, td));
     } else {
-        s.beta2_t = 1.0 - pow(td, -hp[HP_DECAY_RATE]);
+        s.beta2_t = 1.0f - powf(td, -(float)hp[HP_DECAY_RATE]);
     }
-    if (flags[FLAG_BETA2_CAP] && s.beta2_t > hp[HP_BETA2_CAP]) s.beta2_t = hp[HP_BETA2_CAP];
+    if (flags[FLAG_BETA2_CAP] && s.beta2_t > (float)hp[HP_BETA2_CAP]) s.beta2_t = (float)hp[HP_BETA2_CAP];
     if (flags[FLAG_RELATIVE_STEP]) {
-        s.rho_t = 1.0 / sqrt(s.t);
-        if (s.rho_t > hp[HP_LR]) s.rho_t = hp[HP_LR];
-        if (flags[FLAG_WARMUP_INIT] && s.rho_t > 1e-6 * s.t) s.rho_t = 1e-6 * s.t;
+        s.rho_t = 1.0f / sqrtf(s.t);
+        if (s.rho_t > (float)hp[HP_LR]) s.rho_t = (float)hp[HP_LR];
+        if (flags[FLAG_WARMUP_INIT] && s.rho_t > 1e-6f * s.t) s.rho_t = 1e-6f * s.t;
     } else {
-        s.rho_t = hp[HP_LR];
+        s.rho_t = (float)hp[HP_LR];
     }
-    s.bias_correction = flags[FLAG_GRADIENT_MOMENTUM] ? 1.0 / (1.0 - pow(hp[HP_BETA1], s.t)) : 1.0;
+    s.bias_correction = flags[FLAG_GRADIENT_MOMENTUM] ? 1.0f / (1.0f - powf((float)hp[HP_BETA1], s.t)) : 1.0f;
     return s;
 }
 
@@ -331,7 +332,7 @@ int adafactor_sums(const int64_t *desc, int64_t ntensors, const int64_t *tiles, 
 static double statistics_tensor(Tensor x, float *sums, const double *hp, const int64_t *flags) {
     if (!D(x, F_FACTORED)) return 0.0;
     Schedule s = schedule(x, hp, flags);
-    float w = (float)(1.0 - s.beta2_t), eps1 = (float)hp[HP_EPS1];
+    float w = 1.0f - s.beta2_t, eps1 = (float)hp[HP_EPS1];
     double numel = (double)D(x, F_WHOLE_NUMEL), wn = (double)D(x, F_WHOLE_N), wm = (double)D(x, F_WHOLE_M);
     int64_t slices = D(x, F_SLICES), n = D(x, F_N), m = D(x, F_M);
     const float *old_row = (const float *)PTR(x, F_STAT_A), *old_col = (const float *)PTR(x, F_STAT_B);
@@ -378,7 +379,7 @@ static void load_direction(Tensor x, Buffers *b, int64_t e, int64_t stride, int6
         return;
     }
     int mcode = (int)D(x, F_MOMENTUM_DTYPE);
-    float w = (float)(1.0 - hp[HP_BETA1]), bc = (float)s.bias_correction;
+    float w = 1.0f - (float)hp[HP_BETA1], bc = s.bias_correction;
     load_row(at(PTR(x, F_MOMENTUM), e, mcode), mcode, stride, k, b->m);
     for (int64_t j = 0; j < k; j++) b->m[j] = lerp(b->m[j], b->g[j], w);
     round_as(mcode, k, b->m); /* the step uses the momentum as the state stores it */
@@ -399,7 +400,7 @@ static void update_sums_tile(const int64_t *tile, const int64_t *desc, const flo
     double su = 0.0, nonfinite = 0.0;
     int64_t row0 = tile[T_ROW0], nrows = tile[T_ROWS];
     if (!D(x, F_FACTORED)) {
-        float w = (float)(1.0 - s.beta2_t), eps1 = (float)hp[HP_EPS1];
+        float w = 1.0f - s.beta2_t, eps1 = (float)hp[HP_EPS1];
         for (int64_t e = row0; e < row0 + nrows; e += MAX_COLS) {
             int64_t k = row0 + nrows - e < MAX_COLS ? row0 + nrows - e : MAX_COLS;
             load_direction(x, &b, e, 1, k, hp, flags, s);
@@ -476,7 +477,7 @@ static void apply_scalars(Tensor x, float *sums, const double *hp, const int64_t
     for (int64_t g = 0; g < groups; g++) finite = finite && isfinite(su[g]) && isfinite(param_sq[groups + g]);
     sums[D(x, F_FINITE)] = (float)finite;
     for (int64_t g = 0; g < groups; g++) {
-        float rho = (float)s.rho_t, alpha = rho;
+        float rho = s.rho_t, alpha = rho;
         if (flags[FLAG_SCALE_PARAMETER]) {
             float up = sqrtf(param_sq[g] / (float)count), down = sqrtf(param_sq[groups + g] / (float)count);
             float rms_x = isfinite(up) ? up / 4294967296.0f : down * 4294967296.0f;
@@ -504,13 +505,13 @@ static void apply_run(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k
     if (cf) {
         for (int64_t j = 0; j < k; j++) b->u[j] = b->d[j] * rf * cf[j];
     } else {
-        full_moment(x, b, e, k, (float)(1.0 - s.beta2_t), (float)hp[HP_EPS1]);
+        full_moment(x, b, e, k, 1.0f - s.beta2_t, (float)hp[HP_EPS1]);
         memcpy((float *)PTR(x, F_STAT_A) + e, b->v, (size_t)k * 4);
         for (int64_t j = 0; j < k; j++) b->u[j] = b->d[j] / sqrtf(b->v[j]);
     }
     for (int64_t j = 0; j < k; j++) b->u[j] *= step_scale;
     if (flags[FLAG_STEP_MOMENTUM]) {
-        float w = (float)(1.0 - hp[HP_BETA1]);
+        float w = 1.0f - (float)hp[HP_BETA1];
         void *mp = (char *)PTR(x, F_MOMENTUM) + e * elem_size(mcode);
         load_row(mp, mcode, stride, k, b->m);
         for (int64_t j = 0; j < k; j++) b->m[j] = lerp(b->m[j], b->u[j], w);
@@ -570,7 +571,8 @@ static void commit_tensor(Tensor x, const float *sums) {
 
 int adafactor_apply(const int64_t *desc, int64_t ntensors, const int64_t *tiles, int64_t ntiles,
                     float *sums, double *scalars, const int64_t *scalar_offsets,
-                    const double *hp, const int64_t *flags, uint64_t seed, int nthreads) {
+                    const double *hp, const int64_t *flags, const int64_t *seed_at, int nthreads) {
+    uint64_t seed = (uint64_t)*seed_at;
     for (int64_t i = 0; i < ntensors; i++) {
         Tensor x = {desc + i * N_FIELDS};
         apply_scalars(x, sums, hp, flags, scalars + scalar_offsets[i]);

@@ -107,10 +107,10 @@ def _build(cc: str, source: str, directory: Path, path: Path) -> Path:
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    p, i64, i32, u64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_uint64
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.adafactor_sums.argtypes = [p, i64, p, i64, p, p, p, i32]
     lib.adafactor_update_sums.argtypes = [p, i64, p, i64, p, p, p, p, i32]
-    lib.adafactor_apply.argtypes = [p, i64, p, i64, p, p, p, p, p, u64, i32]
+    lib.adafactor_apply.argtypes = [p, i64, p, i64, p, p, p, p, p, p, i32]
     for function in (lib.adafactor_sums, lib.adafactor_update_sums, lib.adafactor_apply):
         function.restype = ctypes.c_int
     return lib
@@ -134,7 +134,7 @@ class Numbers(NamedTuple):
 
     numbers: Tensor  # float64, HP order
     flags: Tensor  # int64, Flag order
-    seed: int
+    seed: Tensor  # int64, one number
 
 
 def make_buffers(plan: Plan) -> Buffers:
@@ -150,7 +150,7 @@ def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
     """``hp`` for the kernels; a seed is drawn from torch's generator only for stochastic
     rounding (as the eager step draws its noise only then)."""
     del device  # always the CPU
-    seed = int(torch.randint(0, 2**62, ())) if hp.stochastic_rounding else 0
+    seed = torch.randint(0, 2**62, (1,)) if hp.stochastic_rounding else torch.zeros(1, dtype=torch.int64)
     return Numbers(
         torch.tensor(plan_numbers(hp), dtype=torch.float64),
         torch.tensor(plan_flags(hp), dtype=torch.int64),
@@ -213,6 +213,6 @@ def apply(plan: Plan, buffers: Buffers, options: Numbers) -> None:
         plan.scalar_offsets.data_ptr(),
         options.numbers.data_ptr(),
         options.flags.data_ptr(),
-        options.seed,
+        options.seed.data_ptr(),
         _threads(plan),
     )
