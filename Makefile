@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 TORCH := torch==2.13.0
 
-.PHONY: reproduce demo bench test install clean
+.PHONY: reproduce demo bench test lint fuzz install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet $(TORCH) -e ".[test,peers,docs,experiments]"
+	$(VENV)/bin/pip install --quiet $(TORCH) -e ".[test,lint,peers,docs,experiments]"
 	# timm's optimizers are tested, its torchvision requirement cannot load beside CPU torch
 	$(VENV)/bin/pip install --quiet --no-deps "timm>=1.0"
 	touch $@
@@ -25,8 +25,18 @@ demo: install
 bench: install
 	$(VENV)/bin/adafactor bench
 
-test: install
+test: install lint
 	$(VENV)/bin/python -m pytest -q
+
+# ruff (the rules in pyproject.toml), the formatter, and mypy on the package.
+lint: install
+	$(VENV)/bin/ruff check src tests examples scripts
+	$(VENV)/bin/ruff format --check src tests examples scripts
+	$(VENV)/bin/mypy
+
+# The property tests with fresh random examples, many more of them (CI draws the same ones).
+fuzz: install
+	HYPOTHESIS_PROFILE=explore $(VENV)/bin/python -m pytest -q tests/test_fuzz.py tests/test_reference.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis reproduction

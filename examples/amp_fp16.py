@@ -38,5 +38,7 @@ def main(steps: int = 30, device: str = "cpu") -> dict[str, list[float]]:
 
 if __name__ == "__main__":
     history = main()
-    print(f"loss {history['loss'][0]:.4f} -> {history['loss'][-1]:.4f}, "
-          f"loss scale {history['scale'][0]:.0f} -> {history['scale'][-1]:.0f}")
+    print(
+        f"loss {history['loss'][0]:.4f} -> {history['loss'][-1]:.4f}, "
+        f"loss scale {history['scale'][0]:.0f} -> {history['scale'][-1]:.0f}"
+    )

@@ -21,7 +21,9 @@ def make(seed: int = 0) -> tuple[torch.nn.Module, Adafactor]:
     return model, Adafactor(model.parameters(), beta1=0.9)
 
 
-def train_step_fn(model: torch.nn.Module, optimizer: Adafactor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def train_step_fn(
+    model: torch.nn.Module, optimizer: Adafactor
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     def train_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=False)
         loss = torch.nn.functional.mse_loss(model(x), y)

@@ -101,7 +101,8 @@ def report_communication(name: str) -> None:
     ]
     if dist.get_rank() == 0:
         print(
-            f"{name}: {len(params)} tensors, {n:,} parameters, Shard(0) over {dist.get_world_size()} ranks"
+            f"{name}: {len(params)} tensors, {n:,} parameters, "
+            f"Shard(0) over {dist.get_world_size()} ranks"
         )
         print("| optimizer | all-reduce calls per step | bytes per step | step time |")
         print("|---|---:|---:|---:|")
@@ -138,7 +139,8 @@ def train_small(steps: int, checkpoint: Path) -> None:
             optimizer.step()
         if dist.get_rank() == 0 and step % 20 == 0:
             print(
-                f"step {step:4d}  loss {loss.item():.3f}  optimizer all-reduces {counts['calls']}, {counts['bytes']} bytes"
+                f"step {step:4d}  loss {loss.item():.3f}  "
+                f"optimizer all-reduces {counts['calls']}, {counts['bytes']} bytes"
             )
 
     model_sd, optim_sd = get_state_dict(model, optimizer)

@@ -17,11 +17,15 @@ class TinyRegression(lightning.LightningModule):
 
     def __init__(self, max_steps: int) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8)
+        )
         self.max_steps = max_steps
         self.losses: list[float] = []
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.net(x), y)
         self.losses.append(loss.item())
@@ -37,7 +41,9 @@ def main(max_steps: int = 40) -> TinyRegression:
     """Train for ``max_steps`` on CPU; the module's ``losses`` hold the training losses."""
     lightning.seed_everything(0, verbose=False)
     x = torch.randn(256, 8)
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.sin(x)), batch_size=32)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, torch.sin(x)), batch_size=32
+    )
     module = TinyRegression(max_steps)
     trainer = lightning.Trainer(
         max_steps=max_steps,

@@ -60,4 +60,6 @@ if __name__ == "__main__":
     history = main().state.log_history
     for entry in history:
         if "loss" in entry:
-            print(f"step {entry['step']}: loss {entry['loss']:.3f}, lr {entry['learning_rate']:.2e}")
+            print(
+                f"step {entry['step']}: loss {entry['loss']:.3f}, lr {entry['learning_rate']:.2e}"
+            )

@@ -171,7 +171,7 @@ def main() -> int:
                 row = {"set": set_name, "dtype": str(dtype), "candidate": name, "ms": ms}
                 row["x_adamw_fused"] = ms / adamw
                 results.append(row)
-                print(f"{set_name:10} {str(dtype):15} {name:26} {ms:8.3f} ms  {ms / adamw:5.2f}×")
+                print(f"{set_name:10} {dtype!s:15} {name:26} {ms:8.3f} ms  {ms / adamw:5.2f}×")
     for set_name in MODELS:
         for dtype in (torch.float32, torch.bfloat16):
             for name, value in time_graphed(set_name, dtype, 20).items():
@@ -179,7 +179,7 @@ def main() -> int:
                     {"set": set_name, "dtype": str(dtype), "candidate": name, "ms": value}
                 )
                 shown = f"{value:8.3f} ms" if isinstance(value, float) else value
-                print(f"{set_name:10} {str(dtype):15} {name:38} {shown}")
+                print(f"{set_name:10} {dtype!s:15} {name:38} {shown}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = {"torch": torch.__version__, "device": torch.cuda.get_device_name()}

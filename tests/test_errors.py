@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
-from helpers import assert_unchanged, make_trained, snapshot
 
 from adafactor import Adafactor
+from helpers import assert_unchanged, make_trained, snapshot
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_invalid_options_are_named(kwargs, culprit):
 
 
 def test_negative_decay_rate_hints_at_sign_convention():
-    with pytest.raises(ValueError, match="write 0.8"):
+    with pytest.raises(ValueError, match=r"write 0\.8"):
         Adafactor([torch.nn.Parameter(torch.ones(3))], decay_rate=-0.8)
 
 
@@ -121,7 +121,8 @@ def test_nonfinite_gradient_can_raise_naming_the_parameter():
     snap = snapshot(opt, params)
     with pytest.raises(
         ValueError,
-        match=r"non-finite gradient in parameter \(param_groups\[0\]\['params'\]\[1\], shape \(4,\)\)",
+        match=r"non-finite gradient in parameter "
+        r"\(param_groups\[0\]\['params'\]\[1\], shape \(4,\)\)",
     ):
         opt.step()
     assert_unchanged(opt, params, snap)
@@ -197,7 +198,7 @@ def test_load_state_dict_mismatches_are_named_and_change_nothing():
             }
         ],
     }
-    with pytest.raises(ValueError, match="was not saved by adafactor.Adafactor"):
+    with pytest.raises(ValueError, match=r"was not saved by adafactor\.Adafactor"):
         opt.load_state_dict(hf_like)
 
     assert_unchanged(opt, params, snap)

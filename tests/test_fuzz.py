@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 
 import torch
-from helpers import magnitudes, run_side_by_side
-from helpers import option_sets as options
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adafactor import Adafactor, optimizer_state_bytes, state_bytes
+from helpers import magnitudes, run_side_by_side
+from helpers import option_sets as options
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 # Decimal exponents of the largest |X| and |G| each dtype can take within the documented

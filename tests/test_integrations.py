@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import example
 
 from adafactor import Adafactor
 from adafactor.reference import ReferenceAdafactor
+from helpers import example
 
 
 def test_trainer_with_our_defaults_and_its_default_linear_schedule():

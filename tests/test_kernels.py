@@ -16,13 +16,13 @@ import math
 
 import pytest
 import torch
-from helpers import interpreted_triton_backend, triton_interpreted, use_step_path
 
 import adafactor.kernels
 from adafactor import Adafactor
 from adafactor.kernels import cpu
 from adafactor.kernels.group import PlanCache
 from adafactor.kernels.plan import Geometry
+from helpers import interpreted_triton_backend, triton_interpreted, use_step_path
 
 KERNEL_PATHS = ["cpu-kernels", "triton-kernels"]
 SHAPES = [(37, 29), (7,), (), (1, 5), (0, 4), (3, 8, 6), (2, 3, 5, 2)]
@@ -298,9 +298,10 @@ def test_torch_compile_of_the_step_traces_the_eager_step():
     # torch.compile(optimizer.step, fullgraph=True) fails on any graph break; under tracing
     # the step takes the eager phases (a C call cannot be traced), and matches the kernels.
     torch.manual_seed(0)
-    make = lambda: torch.nn.Sequential(
-        torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4)
-    )  # noqa: E731
+
+    def make():
+        return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+
     models = [make()]
     models.append(make())
     models[1].load_state_dict(models[0].state_dict())

@@ -125,7 +125,7 @@ def _hf_checkpoint(**kwargs):
 
 def test_unknown_peer_is_refused_naming_the_convertible_ones():
     checkpoint, params = _hf_checkpoint()
-    with pytest.raises(ValueError, match="'pytorch_optimizer'.*hf, torch, timm"):
+    with pytest.raises(ValueError, match=r"'pytorch_optimizer'.*hf, torch, timm"):
         convert_state_dict("pytorch_optimizer", checkpoint, params)
 
 

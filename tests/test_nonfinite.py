@@ -19,9 +19,9 @@ import zlib
 
 import pytest
 import torch
-from helpers import STEP_PATHS, assert_unchanged, snapshot, use_step_path
 
 from adafactor import Adafactor
+from helpers import STEP_PATHS, assert_unchanged, snapshot, use_step_path
 
 
 def _step(opt, params, grads):

@@ -97,7 +97,7 @@ def test_param_names_reach_the_optimizers_errors():
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     model.attn.bias.grad[0] = float("nan")
-    with pytest.raises(ValueError, match="'attn.bias'"):
+    with pytest.raises(ValueError, match=r"'attn\.bias'"):
         opt.step()
 
 

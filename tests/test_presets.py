@@ -164,7 +164,7 @@ def test_big_vision_momentum_under_a_changing_lr_is_a_documented_deviation():
         for group in opt.param_groups:
             group["lr"] *= 0.5
 
-    *_, (step, theirs, ours, _) = run_torch_side_by_side("big_vision", kwargs, on_step=halve_lr)
+    *_, (_step, theirs, ours, _) = run_torch_side_by_side("big_vision", kwargs, on_step=halve_lr)
     difference = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(theirs, ours))
     assert difference > 1e-3
 
@@ -174,7 +174,7 @@ def test_torch_clamp_deviation_with_gradients_below_eps1():
     mean(G²) ≥ ε1 both agree (test_torch_trajectory). Here mean(G²) ≈ 1e-6 < ε1 = 1e-4:
     torch's step changes, ours is the paper's algorithm with ε1² (the float64 reference)."""
     kwargs = {"eps": (1e-4, 1e-3)}
-    *_, (step, theirs, ours, opt) = run_torch_side_by_side("torch", kwargs, scale=1e-3)
+    *_, (_step, theirs, ours, opt) = run_torch_side_by_side("torch", kwargs, scale=1e-3)
     accepted = inspect.signature(ReferenceAdafactor).parameters
     reference = ReferenceAdafactor(
         make_params(), **{k: v for k, v in opt.defaults.items() if k in accepted}

@@ -4,15 +4,15 @@ import math
 
 import pytest
 import torch
-from helpers import option_sets as options
-from helpers import run_side_by_side, use_step_path, wide_gradient
-from helpers import shape_lists as shapes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adafactor import Adafactor
 from adafactor.presets import ADAM
 from adafactor.reference import ReferenceAdafactor, ReferenceAdam
+from helpers import option_sets as options
+from helpers import run_side_by_side, use_step_path, wide_gradient
+from helpers import shape_lists as shapes
 
 
 def test_defaults_match_reference_to_float64_round_off_over_many_steps():
@@ -112,7 +112,7 @@ def test_property_float64_matches_reference(shapes, options, seed, steps, warmup
         [wide_gradient(s, gen) if torch.rand((), generator=gen) < 0.9 else None for s in shapes]
         for _ in range(steps)
     ]
-    opt, ours, ref = run_side_by_side(params, grads, **options)
+    _opt, ours, ref = run_side_by_side(params, grads, **options)
     for p, r in zip(ours, ref.params):
         torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12)
 
@@ -125,7 +125,7 @@ def _float32_matches_reference(path, shape, options, seed):
         gen = torch.Generator().manual_seed(seed)
         x0 = torch.randn(shape, generator=gen, dtype=torch.float64)
         grads = [[torch.randn(shape, generator=gen, dtype=torch.float64)] for _ in range(3)]
-        opt, ours, ref = run_side_by_side([x0.float()], grads, **options)
+        _opt, ours, ref = run_side_by_side([x0.float()], grads, **options)
     moved = (ref.params[0] - x0).abs().max().item()
     err = (ours[0].detach().double() - ref.params[0]).abs().max().item()
     assert err <= 1e-4 * moved + 1e-6 * x0.abs().max().item()

@@ -9,9 +9,9 @@ import re
 
 import pytest
 import torch
-from helpers import assert_unchanged, make_trained, snapshot
 
 from adafactor import Adafactor
+from helpers import assert_unchanged, make_trained, snapshot
 
 INVALID = [
     ("lr", float("inf")),
@@ -73,7 +73,7 @@ def test_a_real_torch_adafactor_state_dict_is_refused_without_the_converter():
     theirs.step()
     ours_params, opt = make_trained()
     snap = snapshot(opt, ours_params)
-    with pytest.raises(ValueError, match="was not saved by adafactor.Adafactor"):
+    with pytest.raises(ValueError, match=r"was not saved by adafactor\.Adafactor"):
         opt.load_state_dict(theirs.state_dict())
     assert_unchanged(opt, ours_params, snap)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EXAMPLES, example
 
 from adafactor import Adafactor
+from helpers import EXAMPLES, example
 
 SCRIPT = EXAMPLES / "resumable_train.py"
 STEPS, EVERY = 120, 10
@@ -216,7 +216,9 @@ def test_resume_from_a_state_dict_is_bit_identical_on_every_path(step_path):
     def params():
         gen = torch.Generator().manual_seed(11)
         shapes = [(12, 9), (7,), (2, 5, 6)]
-        return [torch.nn.Parameter(torch.randn(s, generator=gen).to(torch.bfloat16)) for s in shapes]
+        return [
+            torch.nn.Parameter(torch.randn(s, generator=gen).to(torch.bfloat16)) for s in shapes
+        ]
 
     options = dict(beta1=0.9, momentum_dtype=torch.bfloat16, stochastic_rounding=True)
     grads = torch.Generator().manual_seed(12)

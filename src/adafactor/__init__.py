@@ -4,4 +4,4 @@ from .memory import StateBytes, adam_state_bytes, optimizer_state_bytes, state_b
 from .optimizer import Adafactor
 
 __all__ = ["Adafactor", "StateBytes", "adam_state_bytes", "optimizer_state_bytes", "state_bytes"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

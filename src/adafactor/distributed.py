@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -29,7 +29,7 @@ from torch import Tensor
 from .factoring import StateSpec
 
 try:
-    from torch.distributed.tensor import DTensor, Replicate
+    from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 except ImportError:  # a torch build without distributed support
     DTensor = None  # type: ignore[assignment,misc]
 
@@ -43,7 +43,7 @@ class LocalSum(NamedTuple):
     dims: tuple[int, ...]
 
 
-def is_distributed(tensor: Tensor) -> bool:
+def is_distributed(tensor: Tensor | None) -> TypeGuard[DTensor]:
     """Whether ``tensor`` is a DTensor (a piece of a tensor split across processes)."""
     return DTensor is not None and isinstance(tensor, DTensor)
 
@@ -56,7 +56,7 @@ def local(tensor: Tensor) -> Tensor:
 def check_placements(param: Tensor, what: str) -> None:
     """Refuse placements the step cannot complete (``Partial`` parameters or gradients)."""
     for tensor, name in ((param, "parameter"), (param.grad, "gradient")):
-        if tensor is not None and is_distributed(tensor):
+        if is_distributed(tensor):
             for placement in tensor.placements:
                 if not (placement.is_shard() or placement.is_replicate()):
                     raise ValueError(
@@ -70,9 +70,9 @@ def zeros_like_state(param: Tensor, spec: StateSpec) -> Tensor:
     same dims and replicated along dims it reduces over; a plain tensor otherwise."""
     if not is_distributed(param) or spec.shape == ():
         return torch.zeros(spec.shape, dtype=spec.dtype, device=local(param).device)
-    placements = []
+    placements: list[Placement] = []
     for placement in param.placements:
-        if placement.is_shard() and spec.shape[placement.dim] != param.shape[placement.dim]:
+        if isinstance(placement, Shard) and spec.shape[placement.dim] != param.shape[placement.dim]:
             placements.append(Replicate())
         else:
             placements.append(placement)
@@ -94,13 +94,13 @@ def complete_sums(sums: Sequence[LocalSum]) -> None:
     """Complete the local sums of DTensor parameters in place: add up each over the mesh
     dimensions that split the dims it sums over, with one all-reduce per process group and
     dtype for the whole batch."""
-    buckets: dict[tuple[object, torch.dtype], list[Tensor]] = defaultdict(list)
+    buckets: dict[tuple[dist.ProcessGroup, torch.dtype], list[Tensor]] = defaultdict(list)
     for local_sum in sums:
         param = local_sum.param
         if not is_distributed(param):
             continue
         for mesh_dim, placement in enumerate(param.placements):
-            if placement.is_shard() and placement.dim in local_sum.dims:
+            if isinstance(placement, Shard) and placement.dim in local_sum.dims:
                 group = param.device_mesh.get_group(mesh_dim)
                 buckets[(group, local_sum.value.dtype)].append(local_sum.value)
     for (group, _), values in buckets.items():

@@ -62,7 +62,9 @@ def inverse_sqrt_factors(row: Tensor, col: Tensor, row_mean: Tensor) -> tuple[Te
 # --- U_t: the normalized update -------------------------------------------------------------
 
 
-def normalized_update(direction: Tensor, inverse_sqrt_v: Tensor, col_factor: Tensor | None = None) -> Tensor:
+def normalized_update(
+    direction: Tensor, inverse_sqrt_v: Tensor, col_factor: Tensor | None = None
+) -> Tensor:
     """``U_t = D_t / √V̂_t``, with ``1/√V̂_t`` given whole or as its row and column factors
     (``inverse_sqrt_v·col_factor``). ``D_t`` is G_t, or Adam-style momentum ``m̂_t``."""
     update = direction * inverse_sqrt_v

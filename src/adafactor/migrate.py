@@ -43,13 +43,30 @@ from .presets import like, param_options, translate
 # The options each peer keeps in its param_groups, as its constructor names them.
 _GROUP_OPTIONS: dict[str, tuple[str, ...]] = {
     "hf": (
-        "lr", "eps", "clip_threshold", "decay_rate", "beta1", "weight_decay",
-        "scale_parameter", "relative_step", "warmup_init",
+        "lr",
+        "eps",
+        "clip_threshold",
+        "decay_rate",
+        "beta1",
+        "weight_decay",
+        "scale_parameter",
+        "relative_step",
+        "warmup_init",
     ),
     "torch": ("lr", "beta2_decay", "eps", "d", "weight_decay", "foreach", "maximize"),
     "timm": (
-        "lr", "eps", "eps_scale", "clip_threshold", "decay_rate", "beta1", "weight_decay",
-        "scale_parameter", "relative_step", "warmup_init", "min_dim_size_to_factor", "caution",
+        "lr",
+        "eps",
+        "eps_scale",
+        "clip_threshold",
+        "decay_rate",
+        "beta1",
+        "weight_decay",
+        "scale_parameter",
+        "relative_step",
+        "warmup_init",
+        "min_dim_size_to_factor",
+        "caution",
     ),
 }
 _STATE_KEYS: dict[str, frozenset[str]] = {
@@ -61,7 +78,9 @@ PEERS: tuple[str, ...] = tuple(_GROUP_OPTIONS)
 """The peers whose checkpoints ``convert_state_dict`` reads."""
 
 
-def peer_kwargs(peer: str, saved_group: Mapping[str, Any], where: str = "param_groups[0]") -> dict[str, Any]:
+def peer_kwargs(
+    peer: str, saved_group: Mapping[str, Any], where: str = "param_groups[0]"
+) -> dict[str, Any]:
     """The peer's constructor arguments that produced ``saved_group`` (one of its saved groups).
 
     Raises:
@@ -123,9 +142,7 @@ def convert_state_dict(
         optimizer = _build(peer, saved_groups, kwargs, list(optimizer_or_params))
 
     ours = [(g_index, p) for g_index, g in enumerate(optimizer.param_groups) for p in g["params"]]
-    saved = [
-        (s_index, pid) for s_index, g in enumerate(saved_groups) for pid in g["params"]
-    ]
+    saved = [(s_index, pid) for s_index, g in enumerate(saved_groups) for pid in g["params"]]
     if len(ours) != len(saved):
         raise ValueError(
             f"the checkpoint has {len(saved)} parameters, the optimizer {len(ours)}; "
@@ -180,16 +197,17 @@ def _check_peer(peer: str) -> None:
 
 
 def _build(
-    peer: str, saved_groups: list[Mapping[str, Any]], kwargs: list[dict[str, Any]], params: list[Tensor]
+    peer: str,
+    saved_groups: list[Mapping[str, Any]],
+    kwargs: list[dict[str, Any]],
+    params: list[Tensor],
 ) -> Adafactor:
     sizes = [len(group["params"]) for group in saved_groups]
     if sum(sizes) != len(params):
-        raise ValueError(
-            f"the checkpoint has {sum(sizes)} parameters, {len(params)} were given"
-        )
+        raise ValueError(f"the checkpoint has {sum(sizes)} parameters, {len(params)} were given")
     groups, start = [], 0
     for size, kw in zip(sizes, kwargs):
-        groups.append({"params": params[start:start + size], **kw})
+        groups.append({"params": params[start : start + size], **kw})
         start += size
     return like(peer, groups)
 
@@ -222,9 +240,7 @@ def _convert_param_state(
             if theirs in state:
                 converted[ours] = state[theirs] + eps1
     else:
-        converted.update(
-            {k: state[k] for k in ("exp_avg", "exp_avg_sq") if k in state}
-        )
+        converted.update({k: state[k] for k in ("exp_avg", "exp_avg_sq") if k in state})
         if "exp_avg_sq_row" in state and dims is not None:
             r, c = dims  # the peer's row statistics reduce dim c, its column statistics dim r
             converted["exp_avg_sq_row"] = state["exp_avg_sq_row"].unsqueeze(c)

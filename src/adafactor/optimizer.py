@@ -185,6 +185,7 @@ class Adafactor(Optimizer):
                 where = (local(p).device, dtype)
                 if where not in hps:
                     hps[where] = options.as_tensors(*where)
+                assert p.grad is not None  # _gather keeps only parameters with a gradient
                 steps.append(
                     tensor_step(
                         local(p),
@@ -309,7 +310,7 @@ class Adafactor(Optimizer):
 def _raise_on_nonfinite(raising: list[tuple[str, Tensor]]) -> None:
     """``nonfinite_grad="raise"``: a ``ValueError`` naming every parameter whose gradient or
     value holds a NaN or an Inf (one host sync, and across processes one all-reduce)."""
-    checks = [local(t).isfinite().all() for _, p in raising for t in (p.grad, p)]
+    checks = [local(t).isfinite().all() for _, p in raising for t in (p.grad, p) if t is not None]
     finite = torch.stack(checks).cpu().view(-1, 2)
     if any(is_distributed(p) for _, p in raising):
         # Every process must decide alike: a NaN on any shard counts.

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,7 +33,7 @@ from torch import Tensor
 from .options import DEFAULTS
 
 Rule = tuple[str, Mapping[str, Any]]
-NamedParameters = Union[torch.nn.Module, Iterable[tuple[str, Tensor]]]
+NamedParameters = torch.nn.Module | Iterable[tuple[str, Tensor]]
 
 NO_DECAY_FOR_NORMS_AND_BIASES: Rule = (
     r"(?i)(^|\.)bias$|norm|(^|\.)ln(_\w+)?\.",
@@ -45,12 +45,10 @@ NO_DECAY_FOR_NORMS_AND_BIASES: Rule = (
 ``nn.Sequential`` has only a number for a name)."""
 
 
-
 def _named(model: NamedParameters) -> list[tuple[str, Tensor]]:
-    if isinstance(model, torch.nn.Module):
-        named = list(model.named_parameters())
-    else:
-        named = list(model)
+    named: list[tuple[str, Tensor]] = (
+        list(model.named_parameters()) if isinstance(model, torch.nn.Module) else list(model)
+    )
     return [(name, p) for name, p in named if p.requires_grad]
 
 
@@ -74,12 +72,12 @@ def param_groups(
             rule that matches nothing; each naming the rule.
     """
     compiled = []
-    for index, (pattern, options) in enumerate(rules):
-        unknown = sorted(set(options) - set(DEFAULTS))
+    for index, (pattern, rule_options) in enumerate(rules):
+        unknown = sorted(set(rule_options) - set(DEFAULTS))
         if unknown:
             raise ValueError(f"rule {index} ({pattern!r}): unknown Adafactor option(s) {unknown}")
         try:
-            compiled.append((re.compile(pattern), dict(options)))
+            compiled.append((re.compile(pattern), dict(rule_options)))
         except re.error as error:
             raise ValueError(f"rule {index} ({pattern!r}) is not a valid regex: {error}") from None
     named = _named(model)
@@ -87,10 +85,10 @@ def param_groups(
     groups: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
     for name, p in named:
         options: dict[str, Any] = {}
-        for index, (regex, rule_options) in enumerate(compiled):
+        for index, (regex, chosen) in enumerate(compiled):
             if regex.search(name):
                 used[index] = True
-                options.update(rule_options)
+                options.update(chosen)
         key = tuple(sorted((k, repr(v)) for k, v in options.items()))
         group = groups.setdefault(key, {"params": [], "param_names": [], **options})
         group["params"].append(p)
@@ -109,15 +107,18 @@ def weight_decay_groups(
     ≥ 2 dims, 0 for vectors and scalars (biases, norm scales) and for names in ``no_decay``.
     """
     skip = set(no_decay)
-    decay, rest = [], []
+    decay: list[tuple[str, Tensor]] = []
+    rest: list[tuple[str, Tensor]] = []
     for name, p in _named(model):
         (rest if p.ndim <= 1 or name in skip else decay).append((name, p))
     groups = []
     for members, value in ((decay, weight_decay), (rest, 0.0)):
         if members:
-            groups.append({
-                "params": [p for _, p in members],
-                "param_names": [name for name, _ in members],
-                "weight_decay": value,
-            })
+            groups.append(
+                {
+                    "params": [p for _, p in members],
+                    "param_names": [name for name, _ in members],
+                    "weight_decay": value,
+                }
+            )
     return groups

@@ -135,7 +135,9 @@ def schedule(step: Tensor, hp: Hyperparameters, dtype: torch.dtype) -> Schedule:
         t,
         second_moment_decay(t, hp.decay_rate, hp.beta2, hp.beta2_cap, hp.decay_offset),
         rho(t, hp.lr, hp.relative_step, hp.warmup_init),
-        bias_correction(t, hp.beta1) if hp.gradient_momentum else None,
+        bias_correction(t, hp.beta1)
+        if hp.beta1 is not None and hp.momentum_of == "gradient"
+        else None,
     )
 
 
@@ -209,12 +211,14 @@ def statistics_sums(
     """Phase 1: this step's ``schedule`` and the partial sums that the statistics and RMS(X)
     need, in ``dtype`` whatever the dtype of X and G."""
     chunks = row_chunks(x)
-    param_sq = sum(
-        torch.stack(
-            [rms_sum(scaled_square(rows_of(x, rows), k, dtype), size) for k in PARAM_SCALES]
-        )
-        for rows in chunks
-    )
+    param_sq = torch.stack(
+        [
+            torch.stack(
+                [rms_sum(scaled_square(rows_of(x, rows), k, dtype), size) for k in PARAM_SCALES]
+            )
+            for rows in chunks
+        ]
+    ).sum(dim=0)
     s = schedule(state.step, hp, dtype)
     second = state.second_moment
     if isinstance(second, Full):
@@ -231,7 +235,7 @@ def statistics_sums(
         second,
         param_sq,
         row_sum,
-        sum(col_sq[1:], col_sq[0]),
+        torch.stack(col_sq).sum(dim=0),
         row_sum.sum(dim=ROWS, keepdim=True),
         (second.row / size.n).sum(dim=ROWS, keepdim=True),  # divided first: R may be ~1e38
     )
@@ -352,6 +356,7 @@ def update_rows(
     d = g
     if hp.gradient_momentum:
         assert momentum_rows is not None and s.bias_correction is not None
+        assert hp.beta1 is not None
         m = commit(finite, momentum(momentum_rows.to(dtype), g, hp.beta1), momentum_rows)
         d = m.mul_(s.bias_correction)
     if isinstance(statistics, FactoredStatistics):
@@ -364,7 +369,7 @@ def update_rows(
     del g, d  # before X is widened
     step.mul_(step_scale)
     if hp.step_momentum:
-        assert momentum_rows is not None
+        assert momentum_rows is not None and hp.beta1 is not None
         step = commit(finite, momentum(momentum_rows.to(dtype), step, hp.beta1), momentum_rows)
     if hp.maximize:
         step.neg_()
@@ -384,7 +389,7 @@ def direction(g: Tensor, momentum_rows: Tensor | None, s: Schedule, hp: Hyperpar
     ``m̂_t = (β1·m_{t−1} + (1 − β1)·G_t)/(1 − β1^t)``, as the state will store it."""
     if not hp.gradient_momentum:
         return g
-    assert momentum_rows is not None and s.bias_correction is not None
+    assert momentum_rows is not None and s.bias_correction is not None and hp.beta1 is not None
     m = momentum(momentum_rows.to(g.dtype), g, hp.beta1)
     return stored(m, momentum_rows.dtype).mul_(s.bias_correction)
 

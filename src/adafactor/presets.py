@@ -257,7 +257,9 @@ def _big_vision(
         raise _unsupported(peer, "decay_offset", decay_offset, "beta2_t has no step offset")
     if beta2_cap < 1.0:
         raise _unsupported(
-            peer, "beta2_cap", beta2_cap,
+            peer,
+            "beta2_cap",
+            beta2_cap,
             "beta2_t is never capped (pass beta2_cap=1.0, which caps nothing)",
         )
     for name, value in (("caution", caution), ("corrected_weight_decay", corrected_weight_decay)):
@@ -283,12 +285,16 @@ def _big_vision(
     def per_param(p: Tensor) -> dict[str, Any]:
         if p.dtype in (torch.float16, torch.bfloat16):
             raise _unsupported(
-                peer, "params", f"<{p.dtype} tensor of shape {tuple(p.shape)}>",
+                peer,
+                "params",
+                f"<{p.dtype} tensor of shape {tuple(p.shape)}>",
                 "big_vision computes in the 16-bit dtype, Adafactor in float32",
             )
         if momentum is not None and _torch_dtype(momentum_dtype) != p.dtype:
             raise _unsupported(
-                peer, "momentum_dtype", momentum_dtype,
+                peer,
+                "momentum_dtype",
+                momentum_dtype,
                 f"momentum is kept in the parameters' dtype, here {p.dtype} "
                 f"(pass momentum_dtype={p.dtype} or momentum=None)",
             )
@@ -320,17 +326,23 @@ def _optax(
     for name, value in (("learning_rate", learning_rate), ("weight_decay_rate", weight_decay_rate)):
         if callable(value):
             raise _unsupported(
-                peer, name, value, "use a number here and a torch.optim.lr_scheduler for the schedule"
+                peer,
+                name,
+                value,
+                "use a number here and a torch.optim.lr_scheduler for the schedule",
             )
     if decay_offset != 0:
         raise _unsupported(peer, "decay_offset", decay_offset, "beta2_t has no step offset")
     if momentum is not None and str(getattr(dtype_momentum, "name", dtype_momentum)) not in (
-        "float32", "torch.float32",
+        "float32",
+        "torch.float32",
     ):
         raise _unsupported(peer, "dtype_momentum", dtype_momentum, "momentum is kept in float32")
     if weight_decay_mask is not None:
         raise _unsupported(
-            peer, "weight_decay_mask", weight_decay_mask,
+            peer,
+            "weight_decay_mask",
+            weight_decay_mask,
             "select the decayed parameters with parameter groups (adafactor.param_rules)",
         )
     options = dict(
@@ -455,7 +467,7 @@ def peer_param_groups(
             where = f"like({peer!r}): param_groups[{g_index}]['params'][{p_index}]"
             extra = param_options(translation, p, where)
             if run and extra != run_extra:
-                groups.append({**translation.options, **run_extra, "params": run})
+                groups.append({**translation.options, **(run_extra or {}), "params": run})
                 run = []
             run.append(p)
             run_extra = extra
@@ -464,7 +476,9 @@ def peer_param_groups(
     return groups, defaults
 
 
-def like(peer: str, params: Iterable[Tensor] | Iterable[dict[str, Any]], **peer_kwargs: Any) -> Adafactor:
+def like(
+    peer: str, params: Iterable[Tensor] | Iterable[dict[str, Any]], **peer_kwargs: Any
+) -> Adafactor:
     """An ``Adafactor`` that takes ``peer``'s constructor arguments and follows its trajectory.
 
     Args:

@@ -114,7 +114,7 @@ class ReferenceAdafactor:
         self.relative_step, self.warmup_init = relative_step, warmup_init
         self.scale_parameter = scale_parameter
         self.t = [0 for _ in self.params]
-        self.second_moments = []
+        self.second_moments: list[_FactoredSecondMoment | _FullSecondMoment] = []
         for p in self.params:
             dims = choose_factored_dims(tuple(p.shape), factor_dims, min_dim_size_to_factor)
             if factored and dims is not None:

@@ -9,6 +9,7 @@ needs no full-size temporaries, and a generated reduction reads memory in order.
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -68,6 +69,10 @@ def row_chunks(x: Tensor) -> list[Rows]:
     return [(i, min(per_chunk, rows - i)) for i in range(0, rows, per_chunk)]
 
 
+@overload
+def rows_of(t: Tensor, rows: Rows) -> Tensor: ...
+@overload
+def rows_of(t: None, rows: Rows) -> None: ...
 def rows_of(t: Tensor | None, rows: Rows) -> Tensor | None:
     """Rows ``rows`` of a ``canonical`` tensor, a view; ``t`` itself where it is broadcast over
     rows (size 1 there, or 0-d)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -68,7 +69,8 @@ def make_optimizer(key: str, params: list[torch.nn.Parameter]) -> torch.optim.Op
     if key == "torch-foreach":
         return torch.optim.Adafactor(params, foreach=True)
     if key in ("hf", "timm"):
-        return peer_optimizer_class(key)(params)  # their defaults: relative step, no momentum
+        peer: Any = peer_optimizer_class(key)
+        return peer(params)  # their defaults: relative step, no momentum
     if key == "pytorch_optimizer":
         from pytorch_optimizer import AdaFactor
 

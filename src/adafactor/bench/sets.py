@@ -80,7 +80,7 @@ def floors(numel: int, dtype: str, bandwidth: float) -> dict[str, float]:
     m, v and write X, m, v: 7·N·b (torch keeps m and v in the parameter's dtype).
     """
     b = DTYPE_BYTES[dtype]
-    out = {
+    out: dict[str, float] = {
         "adafactor_bytes": 5 * numel * b,
         "adafactor_exact_clip_bytes": 6 * numel * b,
         "adamw_bytes": 7 * numel * b,

@@ -150,7 +150,11 @@ def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
     """``hp`` for the kernels; a seed is drawn from torch's generator only for stochastic
     rounding (as the eager step draws its noise only then)."""
     del device  # always the CPU
-    seed = torch.randint(0, 2**62, (1,)) if hp.stochastic_rounding else torch.zeros(1, dtype=torch.int64)
+    seed = (
+        torch.randint(0, 2**62, (1,))
+        if hp.stochastic_rounding
+        else torch.zeros(1, dtype=torch.int64)
+    )
     return Numbers(
         torch.tensor(plan_numbers(hp), dtype=torch.float64),
         torch.tensor(plan_flags(hp), dtype=torch.int64),

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..options import Hyperparameters
-from ..phases import TensorState
+from ..phases import Full, TensorState
 
 
 class Field(IntEnum):
@@ -227,7 +227,9 @@ def _canonical_shape(x: Tensor, factored: bool) -> tuple[int, int, int, int, int
 
 def build_plan(members: Sequence[Member], geometry: Geometry, device: torch.device) -> Plan:
     """The tables for ``members`` (every tensor of a group that the kernels step)."""
-    rows, tiles, layouts = [], [], []
+    rows: list[list[int]] = []
+    tiles: list[Tensor] = []
+    layouts: list[SumsLayout] = []
     sums_at = scratch_at = 0
     for index, member in enumerate(members):
         factored = member.dims is not None
@@ -250,7 +252,7 @@ def build_plan(members: Sequence[Member], geometry: Geometry, device: torch.devi
         scratch_at = col_parts + slices * row_tiles * m * factored
         state = member.state
         second = state.second_moment
-        stat_a, stat_b = (second.row, second.col) if factored else (second[0], None)  # type: ignore[misc]
+        stat_a, stat_b = (second.v, None) if isinstance(second, Full) else (second.row, second.col)
         mom = state.momentum
         rows.append(
             [

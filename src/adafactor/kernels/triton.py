@@ -204,10 +204,7 @@ def _schedule(
             rho = tl.minimum(rho, 1e-6 * t)
     else:
         rho = lr + 0.0 * t
-    if GRAD_MOMENTUM:
-        bias = 1.0 / (1.0 - _pow(tl.load(hp + H_BETA1), t))
-    else:
-        bias = 1.0 + 0.0 * t
+    bias = 1.0 / (1.0 - _pow(tl.load(hp + H_BETA1), t)) if GRAD_MOMENTUM else 1.0 + 0.0 * t
     return beta2_t, rho, bias
 
 
@@ -322,7 +319,7 @@ def _sums_tensors(desc, sums, scratch, tile_sums, BLOCK: tl.constexpr, SPLIT: tl
         per = row_tiles * col_tiles
         lanes = tl.arange(0, BLOCK)
         for s in range(j, slices, SPLIT):
-            base, rs, cs, row_base, rsr, col_base = _slice(d, s)
+            _base, _rs, cs, row_base, rsr, col_base = _slice(d, s)
             if per_slice == 1:
                 tl.store(psq + s, _sum_tiles(tile_sums, first + s * per, per, S_UP, BLOCK))
                 tl.store(
@@ -384,7 +381,7 @@ def _statistics(
     d = desc + i * NF
     bad = tl.zeros([BLOCK], dtype=tl.float32)
     if tl.load(d + F_FACTORED) == 1:
-        beta2_t, rho, bias = _schedule(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
+        beta2_t, _rho, _bias = _schedule(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
         w, eps1 = 1.0 - beta2_t, tl.load(hp + H_EPS1)
         numel = tl.load(d + F_WHOLE_NUMEL).to(tl.float32)
         wn, wm = tl.load(d + F_WHOLE_N).to(tl.float32), tl.load(d + F_WHOLE_M).to(tl.float32)
@@ -460,7 +457,7 @@ def _update_sums_tiles(
     d = desc + tl.load(tile + T_TENSOR) * NF
     pcode = tl.load(d + F_PARAM_DTYPE)
     g_at = tl.load(d + F_GRAD)
-    beta2_t, rho, bias = _schedule(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
+    beta2_t, _rho, bias = _schedule(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
     row0, nrows = tl.load(tile + T_ROW0), tl.load(tile + T_ROWS)
     su = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
     bad = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
@@ -472,7 +469,7 @@ def _update_sums_tiles(
             offs = e + lane
             mask = offs < row0 + nrows
             g = _load(g_at, offs, mask, pcode)
-            direction, m = _direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM)
+            direction, _ = _direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM)
             v = _lerp(tl.load(v_old + offs, mask=mask, other=1.0), g * g + eps1, w)
             bad += tl.where(mask, _nonfinite(v), 0.0)
             u = tl.where(mask, direction / tl.sqrt(v), 0.0)
@@ -499,7 +496,7 @@ def _update_sums_tiles(
                 / mean
             )
             g = _load(g_at, offs, mask, pcode)
-            direction, m = _direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM)
+            direction, _m = _direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM)
             u = tl.where(mask, direction * rf[:, None] * cf[None, :], 0.0)
             su += u * u
     out = tile_sums + k * S_FIELDS
@@ -552,7 +549,7 @@ def _apply_scalars(
     ``scales``), and, by program (i, 0), whether the step is taken."""
     i, j = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     d = desc + i * NF
-    beta2_t, rho, bias = _schedule(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
+    _beta2_t, rho, _bias = _schedule(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
     groups = tl.load(d + F_RMS_GROUPS)
     if tl.load(d + F_PER_SLICE) == 1:
         count = (tl.load(d + F_WHOLE_N) * tl.load(d + F_WHOLE_M)).to(tl.float32)
@@ -573,10 +570,7 @@ def _apply_scalars(
         else:
             alpha = rho + 0.0 * lanes
         update_rms = tl.sqrt(tl.load(su + g, mask=mask, other=0.0) / count)
-        if CLIP:
-            step_scale = alpha / tl.maximum(update_rms / tl.load(hp + H_CLIP), 1.0)
-        else:
-            step_scale = alpha
+        step_scale = alpha / tl.maximum(update_rms / tl.load(hp + H_CLIP), 1.0) if CLIP else alpha
         if DECAY_SCALE == 0:
             s = rho + 0.0 * alpha
         elif DECAY_SCALE == 1:
@@ -649,11 +643,10 @@ def _apply_block(
     x_at = tl.load(d + F_PARAM)
     x = _load(x_at, offs, mask, pcode)
     x_new = x - (step + x * decay)
-    if STOCHASTIC_ROUNDING:
-        if pcode == 1:
-            noise = (tl.randint(seed, offs.to(tl.uint32)) & 0xFFFF).to(tl.int32)
-            bits = (x_new.to(tl.int32, bitcast=True) + noise) & -65536
-            x_new = bits.to(tl.float32, bitcast=True)
+    if STOCHASTIC_ROUNDING and pcode == 1:
+        noise = (tl.randint(seed, offs.to(tl.uint32)) & 0xFFFF).to(tl.int32)
+        bits = (x_new.to(tl.int32, bitcast=True) + noise) & -65536
+        x_new = bits.to(tl.float32, bitcast=True)
     _store(x_at, offs, x_new, mask, pcode)
 
 
@@ -683,7 +676,7 @@ def _apply_tiles(
     index = tl.load(tile + T_TENSOR)
     d = desc + index * NF
     if tl.load(sums + tl.load(d + F_FINITE)) != 0.0:
-        beta2_t, rho, bias = _schedule(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
+        beta2_t, _rho, bias = _schedule(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
         seed = tl.load(seed_at) + index
         scale_at = scales + tl.load(scale_offsets + index)
         row0, nrows = tl.load(tile + T_ROW0), tl.load(tile + T_ROWS)
@@ -764,20 +757,19 @@ def _commit(desc, sums, BLOCK: tl.constexpr, SPLIT: tl.constexpr):
     i, j = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     d = desc + i * NF
     finite = tl.load(sums + tl.load(d + F_FINITE)) != 0.0
-    if finite:
-        if tl.load(d + F_FACTORED) == 1:
-            slices, n, m = tl.load(d + F_SLICES), tl.load(d + F_N), tl.load(d + F_M)
-            lanes = tl.arange(0, BLOCK)
-            row, col = sums + tl.load(d + F_ROW), sums + tl.load(d + F_COL)
-            old_row, old_col = _f32(tl.load(d + F_STAT_A)), _f32(tl.load(d + F_STAT_B))
-            for k in range(j * BLOCK, slices * n, SPLIT * BLOCK):
-                idx = k + lanes
-                mask = idx < slices * n
-                tl.store(old_row + idx, tl.load(row + idx, mask=mask), mask=mask)
-            for k in range(j * BLOCK, slices * m, SPLIT * BLOCK):
-                idx = k + lanes
-                mask = idx < slices * m
-                tl.store(old_col + idx, tl.load(col + idx, mask=mask), mask=mask)
+    if finite and tl.load(d + F_FACTORED) == 1:
+        slices, n, m = tl.load(d + F_SLICES), tl.load(d + F_N), tl.load(d + F_M)
+        lanes = tl.arange(0, BLOCK)
+        row, col = sums + tl.load(d + F_ROW), sums + tl.load(d + F_COL)
+        old_row, old_col = _f32(tl.load(d + F_STAT_A)), _f32(tl.load(d + F_STAT_B))
+        for k in range(j * BLOCK, slices * n, SPLIT * BLOCK):
+            idx = k + lanes
+            mask = idx < slices * n
+            tl.store(old_row + idx, tl.load(row + idx, mask=mask), mask=mask)
+        for k in range(j * BLOCK, slices * m, SPLIT * BLOCK):
+            idx = k + lanes
+            mask = idx < slices * m
+            tl.store(old_col + idx, tl.load(col + idx, mask=mask), mask=mask)
     if j == 0:
         step = _f32(tl.load(d + F_STEP))
         skips = tl.load(d + F_SKIPS).to(tl.pointer_type(tl.int64))
