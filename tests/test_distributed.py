@@ -124,6 +124,38 @@ def tensor_parallel_columns_match(rank: int, tmp: Path) -> None:
         assert opt.state[params[0]]["exp_avg_sq_row"].placements == (Replicate(),)
 
 
+def stacked_shards_match(rank: int, tmp: Path) -> None:
+    # [E, n, m] stacks with RMS per slice: sharded along the slice dim (no reduction needed
+    # for the RMS values), along a factored dim (they are completed across ranks), both
+    # step as on one process; eagerly and with the group kernels.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    gen = torch.Generator().manual_seed(1)
+    shape = (4, 10, 6)
+    placements = [[Shard(0)], [Shard(1)], [Shard(2)]]
+    scales = torch.logspace(-2, 2, 4)[:, None, None]
+    values = [torch.randn(shape, generator=gen) * scales for _ in placements]
+    grads = [[torch.randn(shape, generator=gen) * scales for _ in placements] for _ in range(3)]
+    for fused in (False, None):
+        options = {"rms_per_slice": True, "beta1": 0.9, "clip_threshold": 0.5, "fused": fused}
+        params = [
+            nn.Parameter(distribute_tensor(v.clone(), mesh, pl))
+            for v, pl in zip(values, placements)
+        ]
+        ref = [nn.Parameter(v.clone()) for v in values]
+        opt, ref_opt = Adafactor(params, **options), Adafactor(ref, **options)
+        for step_grads in grads:
+            for p, q, g, pl in zip(params, ref, step_grads, placements):
+                p.grad = distribute_tensor(g.clone(), mesh, pl)
+                q.grad = g.clone()
+            opt.step()
+            ref_opt.step()
+        for p, q in zip(params, ref):
+            torch.testing.assert_close(p.detach().full_tensor(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
 def ddp_keeps_ranks_identical(rank: int, tmp: Path) -> None:
     model = Net()
     ddp = nn.parallel.DistributedDataParallel(model)
@@ -198,6 +230,10 @@ def test_fsdp2_matches_single_process(tmp_path):
 
 def test_tensor_parallel_matches_single_process(tmp_path):
     spawn(tensor_parallel_columns_match, tmp_path)
+
+
+def test_stacked_shards_match_single_process(tmp_path):
+    spawn(stacked_shards_match, tmp_path)
 
 
 def test_ddp_keeps_ranks_identical(tmp_path):

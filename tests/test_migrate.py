@@ -1,4 +1,4 @@
-"""Checkpoints saved by HF's, torch's and timm's Adafactor, loaded into ours: training goes on
+"""Checkpoints saved by HF's, torch's, timm's and pytorch_optimizer's Adafactor, loaded into ours: training goes on
 as the peer's would. Real peer checkpoints, made here, round-tripped through ``torch.save``.
 
 Tolerances as in test_presets.py (float64, both sides differ only by round-off in another
@@ -57,6 +57,8 @@ CASES = [
     ("torch", {"lr": 3e-3, "weight_decay": 0.1, "eps": (1e-12, 1e-3)}),
     ("timm", {}),
     ("timm", {"betas": (0.9, 0.999), "lr": 1e-2}),
+    ("pytorch_optimizer", {"betas": (None, 0.99)}),
+    ("pytorch_optimizer", {"lr": 1e-3, "relative_step": False, "betas": (None, 0.999)}),
 ]
 
 
@@ -77,6 +79,27 @@ def test_resumed_run_continues_the_peers_trajectory(peer, kwargs, how):
     else:
         ours = from_peer_state_dict(peer, checkpoint, ours_params)
     assert all(float(s["step"]) == 5.0 for s in ours.state.values())
+    for i in range(5, 11):
+        step(theirs, params, i)
+        step(ours, ours_params, i)
+        for a, b in zip(params, ours_params):
+            torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL, msg=f"step {i}")
+
+
+def test_pytorch_optimizer_options_it_does_not_save_come_from_the_optimizer():
+    # Its momentum dtype and decay rate live on the optimizer, not in the state dict: given
+    # an optimizer built with them, the conversion keeps them and the run goes on as theirs.
+    cls = require("pytorch_optimizer")
+    kwargs = {"momentum_dtype": torch.float64, "decay_rate": -0.6, "weight_decay": 0.01}
+    params = make_params()
+    theirs = cls(params, **kwargs)
+    for i in range(5):
+        step(theirs, params, i)
+    checkpoint = saved(theirs)
+    ours_params = [p.detach().clone().requires_grad_() for p in params]
+    ours = like("pytorch_optimizer", ours_params, **kwargs)
+    ours.load_state_dict(convert_state_dict("pytorch_optimizer", checkpoint, ours))
+    assert ours.state[ours_params[0]]["exp_avg"].dtype == torch.float64
     for i in range(5, 11):
         step(theirs, params, i)
         step(ours, ours_params, i)
@@ -125,8 +148,8 @@ def _hf_checkpoint(**kwargs):
 
 def test_unknown_peer_is_refused_naming_the_convertible_ones():
     checkpoint, params = _hf_checkpoint()
-    with pytest.raises(ValueError, match=r"'pytorch_optimizer'.*hf, torch, timm"):
-        convert_state_dict("pytorch_optimizer", checkpoint, params)
+    with pytest.raises(ValueError, match=r"'fairseq'.*hf, torch, timm, pytorch_optimizer"):
+        convert_state_dict("fairseq", checkpoint, params)
 
 
 def test_a_checkpoint_of_another_peer_is_refused():

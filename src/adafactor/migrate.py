@@ -1,7 +1,8 @@
 """Continue a run from another library's Adafactor checkpoint (its ``optimizer.state_dict()``).
 
 ``convert_state_dict(peer, state_dict, optimizer_or_params)`` turns a state dict saved by
-HF's (``"hf"``), ``torch.optim``'s (``"torch"``) or timm's (``"timm"``) Adafactor into one that
+HF's (``"hf"``), ``torch.optim``'s (``"torch"``), timm's (``"timm"``) or pytorch_optimizer's
+(``"pytorch_optimizer"``) Adafactor into one that
 ``adafactor.Adafactor.load_state_dict`` accepts; training then continues as the peer would
 (``presets.like`` gives the same trajectory). What each peer keeps, and what becomes of it:
 
@@ -16,7 +17,14 @@ timm      as hf, factored over timm's dims (0, 1) or last two  the same, over th
 torch     ``step`` (tensor), ``row_var`` [..., n, 1],          + ε1² (what ours adds to G²;
           ``col_var`` [..., 1, m] or ``variance``: means of    EMA weights sum to 1, so this is
           G² without ε                                         exact)
+pytorch_  as hf (momentum in its ``momentum_dtype``), but      the same; every parameter's
+optimizer ``step`` (int) is its group's                        ``step`` is the group's
 ========  =================================================  =================================
+
+pytorch_optimizer keeps ``decay_rate``, ``clip_threshold``, ``momentum_dtype`` and ``maximize``
+on the optimizer, not in its state dict: they are taken from the optimizer the state dict is
+converted for (build it with ``presets.like("pytorch_optimizer", params, **its_kwargs)``), or
+are its defaults when only parameters are given.
 
 Every parameter also gets ``nonfinite_skips = 0``. Group options are checked against the
 optimizer's (as ``presets.like`` translates the checkpoint's own options); ``lr`` is taken from
@@ -24,7 +32,7 @@ the checkpoint where it means the same as ours (torch; hf and timm without relat
 a learning-rate scheduler's changes carry over.
 
 What cannot be converted raises a ``ValueError`` naming the parameter or option: a peer other
-than these three; options ``Adafactor`` cannot reproduce (timm's ``caution``); a checkpoint
+than these four; options ``Adafactor`` cannot reproduce (timm's ``caution``); a checkpoint
 whose options differ from the optimizer's; state keys or shapes the peer would not have saved.
 """
 
@@ -68,11 +76,31 @@ _GROUP_OPTIONS: dict[str, tuple[str, ...]] = {
         "min_dim_size_to_factor",
         "caution",
     ),
+    "pytorch_optimizer": (
+        "lr",
+        "betas",
+        "weight_decay",
+        "weight_decouple",
+        "fixed_decay",
+        "ams_bound",
+        "scale_parameter",
+        "relative_step",
+        "warmup_init",
+        "eps1",
+        "eps2",
+    ),
 }
+_UNSAVED: dict[str, tuple[str, ...]] = {
+    "pytorch_optimizer": ("decay_rate", "clip_threshold", "momentum_dtype", "maximize", "eps"),
+}
+"""Our options that follow from a peer's options it does not save: the optimizer's are kept."""
 _STATE_KEYS: dict[str, frozenset[str]] = {
     "hf": frozenset({"step", "exp_avg", "exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq", "RMS"}),
     "timm": frozenset({"step", "exp_avg", "exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq", "RMS"}),
     "torch": frozenset({"step", "row_var", "col_var", "variance"}),
+    "pytorch_optimizer": frozenset(
+        {"exp_avg", "exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq", "RMS"}
+    ),
 }
 PEERS: tuple[str, ...] = tuple(_GROUP_OPTIONS)
 """The peers whose checkpoints ``convert_state_dict`` reads."""
@@ -160,7 +188,7 @@ def convert_state_dict(
         translation = translations[s_index]
         expected = {**translation.options, **param_options(translation, p, where)}
         for name, value in expected.items():
-            if name != "lr" and group[name] != value:
+            if name != "lr" and name not in _UNSAVED.get(peer, ()) and group[name] != value:
                 raise ValueError(
                     f"{where}: the checkpoint's {peer} options give {name}={value!r}, the "
                     f"optimizer has {group[name]!r}; build it with "
@@ -170,6 +198,8 @@ def convert_state_dict(
             result_groups[g_index]["lr"] = translation.options["lr"]
         state = state_dict["state"].get(pid)
         if state:
+            if peer == "pytorch_optimizer":  # one step count per group
+                state = {**state, "step": saved_groups[s_index].get("step", 0)}
             new_state[index] = _convert_param_state(peer, state, p, group, where)
     return {"state": new_state, "param_groups": result_groups}
 
@@ -214,13 +244,15 @@ def _build(
 
 def _lr_carries_over(peer: str, kwargs: Mapping[str, Any]) -> bool:
     """Whether the checkpoint's ``lr`` means what ours does (it is ρ_t's cap or ρ_t)."""
+    if peer == "pytorch_optimizer":
+        return not kwargs["relative_step"]  # in relative mode its lr is not read
     return peer == "torch" or kwargs["lr"] is not None
 
 
 def _convert_param_state(
     peer: str, state: Mapping[str, Any], p: Tensor, group: Mapping[str, Any], where: str
 ) -> dict[str, Tensor]:
-    unknown = sorted(set(state) - _STATE_KEYS[peer])
+    unknown = sorted(set(state) - _STATE_KEYS[peer] - {"step"})
     if unknown:
         raise ValueError(f"{where}: {peer} never saves state {unknown}; cannot convert it")
     dims = (

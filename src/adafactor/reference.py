@@ -6,7 +6,9 @@ Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"
   Section 3 in place of v (the paper's "Adam with factored second moments").
 * ``ReferenceAdafactor``: Algorithm 4 (matrices) and Algorithm 5 (vectors) with every variant
   the paper studies: momentum, clipping threshold d, decay β̂2_t = 1 − t^(−c) or Adam's constant
-  β2 with bias correction, relative or absolute step size, warm-up, parameter scaling.
+  β2 with bias correction, relative or absolute step size, warm-up, parameter scaling; and the
+  variants peers add: a cap on β̂2_t, an offset of its schedule, and RMS per slice of a
+  stacked tensor (T5X's batch dims).
 
 Nothing here is shared with the optimizer (this module imports nothing of the package), and
 nothing is clever: sums rather than means, the full n×m estimate V̂ = R·Cᵀ/(1ᵀR) built
@@ -16,6 +18,7 @@ the chosen pair of dimensions, which are moved last.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -79,6 +82,16 @@ def _rms(x: Tensor) -> float:
     return math.sqrt(float((x * x).sum()) / x.numel()) if x.numel() else 0.0
 
 
+def _slice_rms(x: Tensor, dims: tuple[int, int] | None) -> Tensor:
+    """RMS(x) over the whole tensor (``dims`` None), or over ``dims`` for every index of the
+    other dims (kept, so that it broadcasts)."""
+    if dims is None:
+        return torch.tensor(_rms(x), dtype=torch.float64)
+    if x.numel() == 0:
+        return torch.zeros((), dtype=torch.float64)
+    return (x * x).mean(dim=dims, keepdim=True).sqrt()
+
+
 class ReferenceAdafactor:
     """Algorithms 4 and 5 with the paper's variants, on float64 copies of ``params``.
 
@@ -93,6 +106,8 @@ class ReferenceAdafactor:
         eps: tuple[float, float] = (1e-30, 1e-3),
         clip_threshold: float | None = 1.0,
         decay_rate: float = 0.8,
+        beta2_cap: float | None = None,
+        decay_offset: int = 0,
         beta1: float | None = None,
         beta2: float | None = None,
         momentum_of: str = "step",
@@ -104,6 +119,7 @@ class ReferenceAdafactor:
         factored: bool = True,
         min_dim_size_to_factor: int = 2,
         factor_dims: str = "largest",
+        rms_per_slice: bool = False,
         maximize: bool = False,
     ):
         self.params = [p.detach().to(torch.float64).clone() for p in params]
@@ -113,21 +129,29 @@ class ReferenceAdafactor:
         self.weight_decay_scale = weight_decay_scale
         self.relative_step, self.warmup_init = relative_step, warmup_init
         self.scale_parameter = scale_parameter
+        self.beta2_cap, self.decay_offset = beta2_cap, decay_offset
         self.t = [0 for _ in self.params]
+        self.slice_dims: list[tuple[int, int] | None] = []  # the dims one RMS is taken over
         self.second_moments: list[_FactoredSecondMoment | _FullSecondMoment] = []
         for p in self.params:
             dims = choose_factored_dims(tuple(p.shape), factor_dims, min_dim_size_to_factor)
             if factored and dims is not None:
                 self.second_moments.append(_FactoredSecondMoment(tuple(p.shape), dims))
+                self.slice_dims.append(dims if rms_per_slice else None)
             else:
                 self.second_moments.append(_FullSecondMoment(tuple(p.shape)))
+                self.slice_dims.append(None)
         self.m = [torch.zeros_like(p) for p in self.params]
 
     def beta2_hat(self, t: int) -> float:
-        """β̂2_t: 1 − t^(−c) (Section 7.2), or β2 with bias correction (Section 7.1)."""
+        """β̂2_t: 1 − t^(−c) (Section 7.2), or β2 with bias correction (Section 7.1), at
+        step t − t₀ (no earlier than 1), and at most the cap."""
+        t = max(t - self.decay_offset, 1)
         if self.beta2 is not None:
-            return self.beta2 * (1 - self.beta2 ** (t - 1)) / (1 - self.beta2**t)
-        return 1 - t ** (-self.c)
+            value = self.beta2 * (1 - self.beta2 ** (t - 1)) / (1 - self.beta2**t)
+        else:
+            value = 1 - t ** (-self.c)
+        return value if self.beta2_cap is None else min(value, self.beta2_cap)
 
     def rho(self, t: int, lr: float) -> float:
         """ρ_t: min(lr, 1/√t), min(lr, 10⁻⁶·t, 1/√t) with warm-up, or lr (Section 8)."""
@@ -147,7 +171,8 @@ class ReferenceAdafactor:
             self.t[i] += 1
             t = self.t[i]
             rho = self.rho(t, lr)
-            alpha = max(self.eps2, _rms(x)) * rho if self.scale_parameter else rho
+            rms = functools.partial(_slice_rms, dims=self.slice_dims[i])
+            alpha = rms(x).clamp(min=self.eps2) * rho if self.scale_parameter else rho
             v_hat = self.second_moments[i].update(g, self.beta2_hat(t), self.eps1)
             if self.beta1 is not None and self.momentum_of == "gradient":
                 self.m[i] = self.beta1 * self.m[i] + (1 - self.beta1) * g
@@ -155,7 +180,7 @@ class ReferenceAdafactor:
             else:
                 u = g / torch.sqrt(v_hat)
             if self.d is not None:
-                u = u / max(1.0, _rms(u) / self.d)
+                u = u / (rms(u) / self.d).clamp(min=1.0)
             s = alpha * u
             if self.beta1 is not None and self.momentum_of == "step":
                 self.m[i] = self.beta1 * self.m[i] + (1 - self.beta1) * s

@@ -19,6 +19,7 @@ _PEER_CLASSES: dict[str, tuple[str, str]] = {
     "torch": ("torch.optim", "Adafactor"),
     "timm": ("timm.optim.adafactor", "Adafactor"),
     "big_vision": ("timm.optim.adafactor_bv", "AdafactorBigVision"),
+    "pytorch_optimizer": ("pytorch_optimizer", "AdaFactor"),
 }
 
 
