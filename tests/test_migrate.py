@@ -1,5 +1,6 @@
-"""Checkpoints saved by HF's, torch's, timm's and pytorch_optimizer's Adafactor, loaded into ours: training goes on
-as the peer's would. Real peer checkpoints, made here, round-tripped through ``torch.save``.
+"""Checkpoints saved by HF's, torch's, timm's and pytorch_optimizer's Adafactor, loaded into
+ours: training goes on as the peer's would. Real peer checkpoints, made here, round-tripped
+through ``torch.save``.
 
 Tolerances as in test_presets.py (float64, both sides differ only by round-off in another
 order of operations): rtol=1e-10 over 5 + 6 steps.

@@ -194,12 +194,13 @@ def test_pytorch_optimizer_bfloat16_momentum_agrees_to_its_last_bit():
     pytest.importorskip("pytorch_optimizer")
     previous = make_params()
     path = [torch.zeros(()) for _ in previous]
-    for step, theirs, ours, opt in run_torch_side_by_side("pytorch_optimizer", {}):
+    opt = None
+    for step, theirs, ours, opt in run_torch_side_by_side("pytorch_optimizer", {}):  # noqa: B007
         for i, (name, a, b) in enumerate(zip(SHAPES, theirs, ours)):
             path[i] = path[i] + (a - previous[i]).abs().max().detach()
             previous[i] = a.detach().clone()
             assert (a - b).abs().max() <= 2**-7 * path[i], f"{name} at step {step}"
-    assert opt.param_groups[0]["momentum_dtype"] == torch.bfloat16
+    assert opt is not None and opt.param_groups[0]["momentum_dtype"] == torch.bfloat16
     assert opt.param_groups[0]["beta2_cap"] == 0.999
 
 

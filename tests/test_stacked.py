@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import run_side_by_side, wide_gradient
 
 from adafactor import Adafactor
 from adafactor.param_rules import param_groups
+from helpers import run_side_by_side, wide_gradient
 
 STACKED_OPTIONS = [
     {},
