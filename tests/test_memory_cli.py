@@ -8,7 +8,8 @@ import torch
 
 from adafactor import Adafactor, optimizer_state_bytes
 from adafactor.cli import main
-from adafactor.memory import memory_rows, model_parameters
+from adafactor.memory import memory_rows
+from adafactor.model_shapes import model_parameters
 
 
 @pytest.mark.parametrize(
@@ -66,6 +67,7 @@ def test_rows_agree_with_the_state_a_real_optimizer_keeps():
         ("NoSuchConfig", "no config class 'NoSuchConfig'"),
         ("no_such_module:f", "cannot import 'no_such_module:f'"),
         ("torch:float32", "gave neither an nn.Module nor tensors"),
+        ("torch.nn:Linear", "'torch.nn:Linear' must be callable without arguments"),
     ],
 )
 def test_bad_models_exit_2_with_a_message(model, message, capsys):

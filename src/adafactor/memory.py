@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .factoring import FactorRule, state_layout
+from .model_shapes import model_parameters  # noqa: F401  (the CLI's import until it moves)
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -104,66 +105,6 @@ def memory_table(params: Iterable[Tensor]) -> str:
     lines += ["", "Saved against Adam / AdamW:"]
     lines += [f"  {name}: {_mib(adam - b)}" for name, b in rows[1:]]
     return "\n".join(lines)
-
-
-def model_parameters(spec: str) -> list[Tensor]:
-    """The parameters of a model named by ``spec``, on the meta device where it is built here.
-
-    ``spec`` is one of ``model_shapes.MODELS`` (``t5-small``, ``gpt2-small``); a transformers
-    config class name (``T5Config``, ``GPT2Config``, …), whose default configuration is built
-    with ``AutoModel.from_config`` on the meta device (nothing is downloaded); or an import
-    path ``module:callable`` whose callable returns an ``nn.Module``, a mapping of tensors or
-    an iterable of tensors (called under ``torch.device("meta")``, so modules it builds
-    allocate nothing).
-
-    Raises:
-        ValueError: ``spec`` names nothing of the kind (the message says which form failed).
-    """
-    from .model_shapes import MODELS
-
-    if spec in MODELS:
-        return list(MODELS[spec]().values())
-    if ":" in spec:
-        return _from_import_path(spec)
-    if spec.endswith("Config"):
-        return _from_transformers_config(spec)
-    raise ValueError(
-        f"unknown model {spec!r}: use one of {sorted(MODELS)}, a transformers config class name "
-        "such as T5Config, or an import path module:callable"
-    )
-
-
-def _from_import_path(spec: str) -> list[Tensor]:
-    import importlib
-
-    module_name, _, attribute = spec.partition(":")
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot import {spec!r}: {error}") from None
-    with torch.device("meta"):  # nothing is allocated
-        made = target() if callable(target) else target
-    if isinstance(made, torch.nn.Module):
-        return list(made.parameters())
-    if isinstance(made, dict):
-        made = made.values()
-    values = list(made) if isinstance(made, Iterable) else [made]
-    if not values or not all(isinstance(v, Tensor) for v in values):
-        raise ValueError(f"{spec!r} gave neither an nn.Module nor tensors")
-    return values
-
-
-def _from_transformers_config(name: str) -> list[Tensor]:
-    try:
-        import transformers
-    except ImportError:
-        raise ValueError(f"{name!r} needs transformers (pip install transformers)") from None
-    config_class = getattr(transformers, name, None)
-    if config_class is None:
-        raise ValueError(f"transformers has no config class {name!r}")
-    with torch.device("meta"):
-        model = transformers.AutoModel.from_config(config_class())
-    return list(model.parameters())
 
 
 def _mib(nbytes: int) -> str:
