@@ -109,7 +109,7 @@ def _check_lr(value: Any) -> str | None:
         # A Tensor lr (a capturable schedule) is read on the device: its value is not checked
         # at every step, which would wait for the device.
         if value.numel() != 1 or not value.is_floating_point():
-            return "a Tensor lr must hold one floating-point number"
+            return "Tensor lr must be 1-element, of a floating-point dtype"
         return None
     return None if _is_real(value) and value >= 0 else "must be a finite number >= 0"
 
