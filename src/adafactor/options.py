@@ -457,3 +457,17 @@ def check_tensor_lr_value(lr: Any, where: str) -> None:
         value = float(lr.detach().reshape(()))
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{where}: lr={lr!r} is invalid: must be a finite number >= 0")
+
+
+def markdown_table() -> str:
+    """The options as the README's and docs/options.md's table (a test checks that both carry
+    exactly this)."""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, str):
+            return f'`"{value}"`'
+        return f"`{value!r}`"
+
+    rows = ["| option | paper | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{o.name}` | {o.symbol} | {shown(o.default)} | {o.meaning} |" for o in OPTIONS]
+    return "\n".join(rows)
