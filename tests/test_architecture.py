@@ -61,7 +61,7 @@ def test_the_import_graph_has_no_cycle():
         state[node] = 1
         for nxt in edges.get(node, ()):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
+                cycle = [*path[path.index(nxt) :], nxt] if nxt in path else [node, nxt]
                 raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
             if state.get(nxt) is None:
                 visit(nxt, [*path, nxt])
