@@ -47,6 +47,20 @@ static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as tor
     return (uint16_t)(u >> 16);
 }
 
+#ifdef __FLT16_MANT_DIG__ /* the compiler's half floats: hardware conversions (F16C, FP16) */
+static inline float f16_to_float(uint16_t h) {
+    _Float16 x;
+    memcpy(&x, &h, 2);
+    return (float)x;
+}
+
+static inline uint16_t float_to_f16(float f) { /* round to nearest even */
+    _Float16 x = (_Float16)f;
+    uint16_t h;
+    memcpy(&h, &x, 2);
+    return h;
+}
+#else
 static inline float f16_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
     if (exp == 0x1f) {
@@ -85,31 +99,50 @@ static inline uint16_t float_to_f16(float f) { /* round to nearest even */
     if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) half++;
     return (uint16_t)(sign | half);
 }
+#endif
 
-/* Load n elements of dtype `code` at p (every `stride` elements) as float32 into out. */
-static void load_row(const void *p, int code, int64_t stride, int64_t n, float *out) {
+/* Load n elements of dtype `code` at p (every `stride` elements) as float32 into out. The
+ * contiguous loops are separate, so that they vectorize. */
+static void load_row(const void *p, int code, int64_t stride, int64_t n, float *restrict out) {
     if (code == 0) {
         const float *s = (const float *)p;
         if (stride == 1) memcpy(out, s, (size_t)n * 4);
         else for (int64_t j = 0; j < n; j++) out[j] = s[j * stride];
     } else {
         const uint16_t *s = (const uint16_t *)p;
-        if (code == 1) for (int64_t j = 0; j < n; j++) out[j] = bf16_to_float(s[j * stride]);
+        if (code == 1 && stride == 1) for (int64_t j = 0; j < n; j++) out[j] = bf16_to_float(s[j]);
+        else if (code == 1) for (int64_t j = 0; j < n; j++) out[j] = bf16_to_float(s[j * stride]);
+        else if (stride == 1) for (int64_t j = 0; j < n; j++) out[j] = f16_to_float(s[j]);
         else for (int64_t j = 0; j < n; j++) out[j] = f16_to_float(s[j * stride]);
     }
 }
 
 /* Store n float32 values as dtype `code` at p (every `stride` elements). */
-static void store_row(void *p, int code, int64_t stride, int64_t n, const float *in) {
+static void store_row(void *p, int code, int64_t stride, int64_t n, const float *restrict in) {
     if (code == 0) {
         float *d = (float *)p;
         if (stride == 1) memcpy(d, in, (size_t)n * 4);
         else for (int64_t j = 0; j < n; j++) d[j * stride] = in[j];
     } else {
         uint16_t *d = (uint16_t *)p;
-        if (code == 1) for (int64_t j = 0; j < n; j++) d[j * stride] = float_to_bf16(in[j]);
+        if (code == 1 && stride == 1) for (int64_t j = 0; j < n; j++) d[j] = float_to_bf16(in[j]);
+        else if (code == 1) for (int64_t j = 0; j < n; j++) d[j * stride] = float_to_bf16(in[j]);
+        else if (stride == 1) for (int64_t j = 0; j < n; j++) d[j] = float_to_f16(in[j]);
         else for (int64_t j = 0; j < n; j++) d[j * stride] = float_to_f16(in[j]);
     }
+}
+
+/* n elements at p as float32: the memory itself where it is float32 and contiguous (read or
+ * written in place), else a conversion into buf. */
+static inline float *as_f32(void *p, int code, int64_t stride, int64_t n, float *buf) {
+    if (code == 0 && stride == 1) return (float *)p;
+    load_row(p, code, stride, n, buf);
+    return buf;
+}
+
+/* Write back what as_f32 gave, where it was a conversion. */
+static inline void put_f32(void *p, int code, int64_t stride, int64_t n, const float *v) {
+    if (!(code == 0 && stride == 1)) store_row(p, code, stride, n, v);
 }
 
 static inline int64_t elem_size(int code) { return code == 0 ? 4 : 2; }
@@ -217,10 +250,10 @@ static void sums_tile(const int64_t *tile, const int64_t *desc, float *sums, flo
     if (!D(x, F_FACTORED)) {
         for (int64_t at0 = row0; at0 < row0 + nrows; at0 += MAX_COLS) {
             int64_t k = row0 + nrows - at0 < MAX_COLS ? row0 + nrows - at0 : MAX_COLS;
-            load_row(at(PTR(x, F_PARAM), at0, pcode), pcode, 1, k, xs);
+            const float *xv = as_f32((void *)at(PTR(x, F_PARAM), at0, pcode), pcode, 1, k, xs);
             double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < k; j++) acc += (double)xs[j] * xs[j];
+            for (int64_t j = 0; j < k; j++) acc += (double)xv[j] * xv[j];
             xsq += acc;
         }
         tile_sums[0] = xsq;
@@ -237,16 +270,16 @@ static void sums_tile(const int64_t *tile, const int64_t *desc, float *sums, flo
     memset(colacc, 0, (size_t)ncols * 4);
     for (int64_t i = row0; i < row0 + nrows; i++) {
         int64_t e = sl.base + i * sl.row_stride + col0 * sl.col_stride;
-        load_row(at(PTR(x, F_PARAM), e, pcode), pcode, sl.col_stride, ncols, xs);
-        load_row(at(PTR(x, F_GRAD), e, pcode), pcode, sl.col_stride, ncols, gs);
+        const float *xv = as_f32((void *)at(PTR(x, F_PARAM), e, pcode), pcode, sl.col_stride, ncols, xs);
+        const float *gv = as_f32((void *)at(PTR(x, F_GRAD), e, pcode), pcode, sl.col_stride, ncols, gs);
         float rs = 0.0f;
         double acc = 0.0;
 #pragma omp simd reduction(+ : rs, acc)
         for (int64_t j = 0; j < ncols; j++) {
-            float g = gs[j] * scale, g2 = g * g;
+            float g = gv[j] * scale, g2 = g * g;
             rs += g2;
             colacc[j] += g2;
-            acc += (double)xs[j] * xs[j];
+            acc += (double)xv[j] * xv[j];
         }
         if (col_tiles == 1) sums[D(x, F_ROW) + sl.row_base + i * sl.row_stride_r] = rs;
         else row_part[i] = rs;
@@ -368,28 +401,29 @@ typedef struct {
     float g[MAX_COLS], d[MAX_COLS], u[MAX_COLS], m[MAX_COLS], v[MAX_COLS], cf[MAX_COLS];
 } Buffers;
 
-/* G, and D_t for Adam-style momentum, of k elements starting at element e; m holds m_t as
- * the state stores it. */
-static void load_direction(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k,
-                           const double *hp, const int64_t *flags, Schedule s) {
+/* G of k elements at element e, and D_t: G itself, or for Adam-style momentum m̂_t (with m_t,
+ * as the state stores it, in b->m). Returns D_t; *g is set to G. */
+static const float *direction(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k,
+                              const double *hp, const int64_t *flags, Schedule s,
+                              const float **g) {
     int pcode = (int)D(x, F_PARAM_DTYPE);
-    load_row(at(PTR(x, F_GRAD), e, pcode), pcode, stride, k, b->g);
-    if (!flags[FLAG_GRADIENT_MOMENTUM]) {
-        memcpy(b->d, b->g, (size_t)k * 4);
-        return;
-    }
+    *g = as_f32((void *)at(PTR(x, F_GRAD), e, pcode), pcode, stride, k, b->g);
+    if (!flags[FLAG_GRADIENT_MOMENTUM]) return *g;
     int mcode = (int)D(x, F_MOMENTUM_DTYPE);
     float w = 1.0f - (float)hp[HP_BETA1], bc = s.bias_correction;
+    const float *gv = *g;
     load_row(at(PTR(x, F_MOMENTUM), e, mcode), mcode, stride, k, b->m);
-    for (int64_t j = 0; j < k; j++) b->m[j] = lerp(b->m[j], b->g[j], w);
+    for (int64_t j = 0; j < k; j++) b->m[j] = lerp(b->m[j], gv[j], w);
     round_as(mcode, k, b->m); /* the step uses the momentum as the state stores it */
     for (int64_t j = 0; j < k; j++) b->d[j] = b->m[j] * bc;
+    return b->d;
 }
 
-/* V̂_t of k elements of a full tensor into b->v, from V̂_{t−1} and G in b->g. */
-static void full_moment(Tensor x, Buffers *b, int64_t e, int64_t k, float w, float eps1) {
+/* V̂_t of k elements of a full tensor into out, from V̂_{t−1} and G. */
+static void full_moment(Tensor x, const float *restrict g, int64_t e, int64_t k, float w,
+                        float eps1, float *out) {
     const float *v_old = (const float *)PTR(x, F_STAT_A) + e;
-    for (int64_t j = 0; j < k; j++) b->v[j] = lerp(v_old[j], b->g[j] * b->g[j] + eps1, w);
+    for (int64_t j = 0; j < k; j++) out[j] = lerp(v_old[j], g[j] * g[j] + eps1, w);
 }
 
 static void update_sums_tile(const int64_t *tile, const int64_t *desc, const float *sums,
@@ -403,13 +437,13 @@ static void update_sums_tile(const int64_t *tile, const int64_t *desc, const flo
         float w = 1.0f - s.beta2_t, eps1 = (float)hp[HP_EPS1];
         for (int64_t e = row0; e < row0 + nrows; e += MAX_COLS) {
             int64_t k = row0 + nrows - e < MAX_COLS ? row0 + nrows - e : MAX_COLS;
-            load_direction(x, &b, e, 1, k, hp, flags, s);
-            full_moment(x, &b, e, k, w, eps1);
+            const float *g, *d = direction(x, &b, e, 1, k, hp, flags, s, &g);
+            full_moment(x, g, e, k, w, eps1, b.v);
             float acc = 0.0f, bad = 0.0f;
 #pragma omp simd reduction(+ : acc, bad)
             for (int64_t j = 0; j < k; j++) {
-                bad += !isfinite(b.v[j]);
-                float u = b.d[j] / sqrtf(b.v[j]);
+                bad += (b.v[j] - b.v[j]) != 0.0f; /* NaN or infinite */
+                float u = d[j] / sqrtf(b.v[j]);
                 acc += u * u;
             }
             su += acc;
@@ -421,11 +455,11 @@ static void update_sums_tile(const int64_t *tile, const int64_t *desc, const flo
         col_factors(x, sums, sl, col0, ncols, b.cf);
         for (int64_t i = row0; i < row0 + nrows; i++) {
             int64_t e = sl.base + i * sl.row_stride + col0 * sl.col_stride;
-            load_direction(x, &b, e, sl.col_stride, ncols, hp, flags, s);
+            const float *g, *d = direction(x, &b, e, sl.col_stride, ncols, hp, flags, s, &g);
             float rf = row_factor(x, sums, sl, tile[T_SLICE], i), acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
             for (int64_t j = 0; j < ncols; j++) {
-                float u = b.d[j] * rf * b.cf[j];
+                float u = d[j] * rf * b.cf[j];
                 acc += u * u;
             }
             su += acc;
@@ -500,33 +534,33 @@ static void apply_run(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k
                       const float *cf, float step_scale, float decay, const double *hp,
                       const int64_t *flags, Schedule s, uint64_t seed) {
     int pcode = (int)D(x, F_PARAM_DTYPE), mcode = (int)D(x, F_MOMENTUM_DTYPE);
-    load_direction(x, b, e, stride, k, hp, flags, s);
-    if (flags[FLAG_GRADIENT_MOMENTUM]) store_row((char *)PTR(x, F_MOMENTUM) + e * elem_size(mcode), mcode, stride, k, b->m);
+    const float *g, *d = direction(x, b, e, stride, k, hp, flags, s, &g);
+    void *mp = (char *)PTR(x, F_MOMENTUM) + e * elem_size(mcode);
+    if (flags[FLAG_GRADIENT_MOMENTUM]) store_row(mp, mcode, stride, k, b->m);
+    float *u = b->u;
     if (cf) {
-        for (int64_t j = 0; j < k; j++) b->u[j] = b->d[j] * rf * cf[j];
-    } else {
-        full_moment(x, b, e, k, 1.0f - s.beta2_t, (float)hp[HP_EPS1]);
-        memcpy((float *)PTR(x, F_STAT_A) + e, b->v, (size_t)k * 4);
-        for (int64_t j = 0; j < k; j++) b->u[j] = b->d[j] / sqrtf(b->v[j]);
+        for (int64_t j = 0; j < k; j++) u[j] = d[j] * rf * cf[j] * step_scale;
+    } else { /* a full V̂, float32 and flat: written in place */
+        float *v = (float *)PTR(x, F_STAT_A) + e;
+        full_moment(x, g, e, k, 1.0f - s.beta2_t, (float)hp[HP_EPS1], v);
+        for (int64_t j = 0; j < k; j++) u[j] = d[j] / sqrtf(v[j]) * step_scale;
     }
-    for (int64_t j = 0; j < k; j++) b->u[j] *= step_scale;
     if (flags[FLAG_STEP_MOMENTUM]) {
         float w = 1.0f - (float)hp[HP_BETA1];
-        void *mp = (char *)PTR(x, F_MOMENTUM) + e * elem_size(mcode);
-        load_row(mp, mcode, stride, k, b->m);
-        for (int64_t j = 0; j < k; j++) b->m[j] = lerp(b->m[j], b->u[j], w);
-        store_row(mp, mcode, stride, k, b->m);
-        round_as(mcode, k, b->m); /* the step is the momentum as stored */
-        memcpy(b->u, b->m, (size_t)k * 4);
+        float *m = as_f32(mp, mcode, stride, k, b->m);
+        for (int64_t j = 0; j < k; j++) m[j] = lerp(m[j], u[j], w);
+        put_f32(mp, mcode, stride, k, m);
+        memcpy(u, m, (size_t)k * 4);
+        round_as(mcode, k, u); /* the step is the momentum as stored */
     }
-    if (flags[FLAG_MAXIMIZE]) for (int64_t j = 0; j < k; j++) b->u[j] = -b->u[j];
+    float sign = flags[FLAG_MAXIMIZE] ? -1.0f : 1.0f;
     void *xp = (char *)PTR(x, F_PARAM) + e * elem_size(pcode);
-    load_row(xp, pcode, stride, k, b->g); /* g now holds X */
-    for (int64_t j = 0; j < k; j++) b->g[j] = b->g[j] - (b->u[j] + b->g[j] * decay);
+    float *xv = as_f32(xp, pcode, stride, k, b->v); /* v is free for X here */
+    for (int64_t j = 0; j < k; j++) xv[j] = xv[j] - (sign * u[j] + xv[j] * decay);
     if (pcode == 1 && flags[FLAG_STOCHASTIC_ROUNDING])
-        store_bf16_stochastic((uint16_t *)xp, stride, k, b->g, seed, (uint64_t)e);
+        store_bf16_stochastic((uint16_t *)xp, stride, k, xv, seed, (uint64_t)e);
     else
-        store_row(xp, pcode, stride, k, b->g);
+        put_f32(xp, pcode, stride, k, xv);
 }
 
 static void apply_tile(const int64_t *tile, const int64_t *desc, const float *sums,
