@@ -6,6 +6,7 @@ goes on exactly as it should."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -269,3 +270,30 @@ def test_a_compiled_step_with_a_tensor_lr_does_not_recompile_when_it_changes():
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[0] > 0 and graphs[1:] == graphs[:1] * 3
     assert float(opt.param_groups[0]["lr"]) == pytest.approx(1e-2 / 5)
+    torch._dynamo.reset()  # what dynamo learnt of this step's lr is not the next test's
+
+
+def test_a_compiled_step_under_a_schedule_of_a_tensor_lr_compiles_once():
+    # A scheduler fills a Tensor lr in place every step (as torch recommends for compiled
+    # optimizers: a float lr would be a constant of the graph, recompiled when it changes).
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    params = [torch.nn.Parameter(torch.randn(8, 6)), torch.nn.Parameter(torch.randn(6))]
+    opt = Adafactor(params, relative_step=False, lr=torch.tensor(1e-2))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (t + 1))
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    # The scheduler wraps opt.step in a function dynamo skips: compile the class's step.
+    step = torch.compile(functools.partial(Adafactor.step, opt), fullgraph=True)
+    graphs = []
+    for _ in range(5):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        step()
+        schedule.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1:] == graphs[:1] * 4
+    assert float(opt.param_groups[0]["lr"]) == pytest.approx(1e-2 / 6)
+    torch._dynamo.reset()

@@ -19,7 +19,14 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
 from .factoring import StateSpec, factored_dims, state_dtype, state_layout
 from .kernels import backend_for
-from .kernels.group import PlanCache
+from .kernels.group import (
+    PlanCache,
+    kernel_step,
+    parameter_members,
+    parameter_signature,
+    takes_parameter,
+)
+from .kernels.group import applied as kernel_applied
 from .options import (
     DEFAULTS,
     OPTIONS,
@@ -32,7 +39,7 @@ from .options import (
     validate_options,
 )
 from .phases import Applied
-from .state_dicts import check_loadable, check_state, describe, normalized_state_dict
+from .state_dicts import check_loadable, check_state, describe, fits, normalized_state_dict
 from .step import FastPath, group_step, tensor_step
 
 _DOC = r"""Adafactor (Shazeer & Stern, ICML 2018), faithful to the paper by default.
@@ -173,38 +180,75 @@ class Adafactor(Optimizer):
                 backend = backend_for(group["fused"], local(params[0]).device)
                 if backend is not None:
                     fast = FastPath(backend, self._plans.setdefault(g_index, PlanCache()), options)
-            steps = []
-            hps: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
             for p in params:
                 state = self.state[p]
                 if not state:
                     state.update(
                         {k: zeros_like_state(p, s) for k, s in self.layout(p, group).items()}
                     )
-                dtype = state_dtype(p.dtype)
-                where = (local(p).device, dtype)
-                if where not in hps:
-                    hps[where] = options.as_tensors(*where)
-                assert p.grad is not None  # _gather keeps only parameters with a gradient
-                steps.append(
-                    tensor_step(
-                        local(p),
-                        local(p.grad),
-                        {k: local(v) for k, v in state.items()},
-                        hps[where],
-                        _dims(p, group),
-                        p.shape,
-                        p,
-                        dtype,
-                    )
-                )
-            applied = group_step(
-                steps, complete_sums if any(map(is_distributed, params)) else None, fast=fast
-            )
+            distributed = any(map(is_distributed, params))
+            if (
+                fast is not None
+                and not distributed
+                and all(takes_parameter(fast.backend, p, group["momentum_dtype"]) for p in params)
+            ):
+                applied = self._kernel_step(fast, group, params)
+            else:
+                applied = self._tensor_steps(fast, group, params, options, distributed)
             if group["diagnostics"]:
                 for p, result in zip(params, applied):
                     self._record(p, result, group)
         return loss
+
+    def _kernel_step(
+        self, fast: FastPath, group: Mapping[str, Any], params: list[Tensor]
+    ) -> list[Applied]:
+        """A group whose every tensor the kernels take as it is: its plan checked against the
+        tensors' pointers and the kernels run, with no per-tensor views."""
+        states = [self.state[p] for p in params]
+        per_slice = group["rms_per_slice"]
+        plan = fast.cache.plan_for(
+            parameter_signature(params, states, per_slice),
+            lambda: parameter_members(params, states, [_dims(p, group) for p in params], per_slice),
+            [p.grad for p in params if p.grad is not None],
+            params[0].device,
+        )
+        run = kernel_step(fast.backend, fast.cache, plan, fast.hp)
+        return kernel_applied(run) if group["diagnostics"] else []
+
+    def _tensor_steps(
+        self,
+        fast: FastPath | None,
+        group: Mapping[str, Any],
+        params: list[Tensor],
+        options: Hyperparameters,
+        distributed: bool,
+    ) -> list[Applied]:
+        """A group through per-tensor steps: the eager ones, the kernels for the tensors they
+        take, the partial sums of distributed tensors completed between phases."""
+        steps = []
+        hps: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
+        for p in params:
+            dtype = state_dtype(p.dtype)
+            where = (local(p).device, dtype)
+            if where not in hps:
+                hps[where] = options.as_tensors(*where)
+            assert p.grad is not None  # _gather keeps only parameters with a gradient
+            steps.append(
+                tensor_step(
+                    local(p),
+                    local(p.grad),
+                    {k: local(v) for k, v in self.state[p].items()},
+                    hps[where],
+                    _dims(p, group),
+                    p.shape,
+                    p,
+                    dtype,
+                )
+            )
+        return group_step(
+            steps, complete_sums if distributed else None, fast, report=group["diagnostics"]
+        )
 
     def _record(self, p: Tensor, applied: Applied, group: Mapping[str, Any]) -> None:
         slice_shape = _slice_shape(p, group)
@@ -232,34 +276,33 @@ class Adafactor(Optimizer):
         raising = []
         converting = []
         for g_index, group in enumerate(self.param_groups):
-            # Options can change after construction (schedulers write into groups).
-            validate_options(group, where=f"param_groups[{g_index}]")
+            # Options can change after construction (schedulers write into groups). While
+            # torch.compile traces the step, a scheduled lr is a symbolic number that host-side
+            # checks cannot read: the eager steps check it.
+            if not torch.compiler.is_compiling():
+                validate_options(group, where=f"param_groups[{g_index}]")
             params = []
             for p_index, p in enumerate(group["params"]):
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                what = describe(group, g_index, p_index, p)
-                if p.grad.is_sparse:
-                    raise ValueError(f"{what} has a sparse gradient; Adafactor needs dense ones")
-                if p.grad.is_complex():
-                    raise ValueError(f"{what} has a complex gradient; Adafactor needs real ones")
-                if p.grad.shape != p.shape:
-                    raise ValueError(
-                        f"{what}: gradient shape {tuple(p.grad.shape)} != parameter shape"
-                    )
-                check_placements(p, what)
+                if grad.is_sparse or grad.is_complex() or grad.shape != p.shape:
+                    _refuse_gradient(describe(group, g_index, p_index, p), p, grad)
+                if is_distributed(p) or is_distributed(grad):
+                    check_placements(p, describe(group, g_index, p_index, p))
                 state = self.state.get(p)
                 if state:
                     layout = self.layout(p, group)
-                    check_state(what, state, layout, values=False)
-                    converting += [
-                        (state, key, spec.dtype)
-                        for key, spec in layout.items()
-                        if state[key].dtype != spec.dtype
-                    ]
+                    if not fits(state, layout):
+                        check_state(describe(group, g_index, p_index, p), state, layout)
+                        converting += [
+                            (state, key, spec.dtype)
+                            for key, spec in layout.items()
+                            if state[key].dtype != spec.dtype
+                        ]
                 params.append(p)
                 if group["nonfinite_grad"] == "raise":
-                    raising.append((what, p))
+                    raising.append((describe(group, g_index, p_index, p), p))
             work.append((g_index, group, params))
         if raising:
             _raise_on_nonfinite(raising)
@@ -305,6 +348,14 @@ class Adafactor(Optimizer):
                 key: value.to(device=p.device, dtype=layout[key].dtype, copy=True)
                 for key, value in values.items()
             }
+
+
+def _refuse_gradient(what: str, p: Tensor, grad: Tensor) -> None:
+    if grad.is_sparse:
+        raise ValueError(f"{what} has a sparse gradient; Adafactor needs dense ones")
+    if grad.is_complex():
+        raise ValueError(f"{what} has a complex gradient; Adafactor needs real ones")
+    raise ValueError(f"{what}: gradient shape {tuple(grad.shape)} != parameter shape")
 
 
 def _raise_on_nonfinite(raising: list[tuple[str, Tensor]]) -> None:

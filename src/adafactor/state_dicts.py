@@ -79,8 +79,20 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def fits(state: Mapping[str, Any], layout: Mapping[str, StateSpec]) -> bool:
+    """Whether ``state`` has exactly ``layout``'s keys, shapes and dtypes (the quick test a
+    step makes of every parameter; ``check_state`` says what is wrong, or converts)."""
+    if state.keys() != layout.keys():
+        return False
+    for key, spec in layout.items():
+        value = state[key]
+        if not isinstance(value, Tensor) or value.shape != spec.shape or value.dtype != spec.dtype:
+            return False
+    return True
+
+
 def check_state(
-    what: str, state: Mapping[str, Any], layout: Mapping[str, StateSpec], *, values: bool
+    what: str, state: Mapping[str, Any], layout: Mapping[str, StateSpec], *, values: bool = False
 ) -> None:
     """Raise if ``state`` does not have ``layout``'s keys and shapes, or (``values``) holds
     values no step could have made: non-finite or negative statistics, non-finite momentum,

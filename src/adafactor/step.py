@@ -97,22 +97,33 @@ class FastPath(NamedTuple):
 
 
 def group_step(
-    steps: Sequence[TensorStep], complete: CompleteSums | None = None, fast: FastPath | None = None
+    steps: Sequence[TensorStep],
+    complete: CompleteSums | None = None,
+    fast: FastPath | None = None,
+    report: bool = True,
 ) -> list[Applied]:
     """Step every tensor of a group: those the kernels take together, the others one by one;
     whole (``complete`` is ``None``), or phase by phase, with ``complete`` adding up the
-    partial sums of all of them between phases."""
+    partial sums of all of them between phases. What each step applied is returned if
+    ``report`` (for diagnostics), else nothing."""
     chosen = [fast is not None and takes(fast.backend, t) for t in steps]
     together = [t for t, c in zip(steps, chosen) if c]
     alone = [t for t, c in zip(steps, chosen) if not c]
+    run = plan = None
+    if fast is not None and together:
+        plan = fast.cache.plan_for(
+            kernel_group.step_signature(together),
+            lambda: kernel_group.step_members(together),
+            [t.grad for t in together],
+            together[0].param.device,
+        )
     if complete is None:
-        from_kernels = _kernel_whole(fast, together) if together else []
+        if fast is not None and plan is not None:
+            run = kernel_group.kernel_step(fast.backend, fast.cache, plan, fast.hp)
         eager = [whole_step(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in alone]
     else:
-        run = None
-        if together:
-            assert fast is not None
-            run = kernel_group.kernel_sums(fast.backend, fast.cache, together, fast.hp)
+        if fast is not None and plan is not None:
+            run = kernel_group.kernel_sums(fast.backend, fast.cache, plan, fast.hp, together)
         local = kernel_group.statistics_local_sums(run) if run else []
         sums = [statistics_sums(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in alone]
         complete(local + [ls for t, s in zip(alone, sums) for ls in statistics_local_sums(t, s)])
@@ -123,7 +134,8 @@ def group_step(
             update_sums(t.grad, s, t.state.momentum, t.hp, t.size) for t, s in zip(alone, sums)
         ]
         complete(local + [ls for t, s in zip(alone, statistics) for ls in update_local_sums(t, s)])
-        from_kernels = kernel_group.kernel_apply(run) if run else []
+        if run:
+            kernel_group.kernel_apply(run)
         eager = [
             apply_update(t.param, t.grad, s, t.state, t.hp, t.size)
             for t, s in zip(alone, statistics)
@@ -131,16 +143,11 @@ def group_step(
     for t in alone:
         if t.write_back is not None:
             t.write_back.copy_(t.param.view(t.write_back.shape))
-    kernel_results, eager_results = iter(from_kernels), iter(eager)
+    if not report:
+        return []
+    kernel_results = iter(kernel_group.applied(run) if run else [])
+    eager_results = iter(eager)
     return [next(kernel_results) if c else next(eager_results) for c in chosen]
-
-
-def _kernel_whole(fast: FastPath | None, steps: Sequence[TensorStep]) -> list[Applied]:
-    """The three kernel phases back to back, for tensors held whole."""
-    assert fast is not None
-    run = kernel_group.kernel_sums(fast.backend, fast.cache, steps, fast.hp)
-    kernel_group.kernel_update_sums(run)
-    return kernel_group.kernel_apply(run)
 
 
 def _rms_dims(t: TensorStep) -> tuple[int, ...]:

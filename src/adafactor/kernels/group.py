@@ -5,7 +5,7 @@ three calls, with the partial sums handed out for completion between them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,7 +14,8 @@ from torch import Tensor
 
 from ..distributed import LocalSum
 from ..options import Hyperparameters
-from ..phases import Applied
+from ..phases import Applied, Size, TensorState
+from ..tiling import canonical
 from .plan import DTYPE_CODES, Field, Geometry, Member, Plan, build_plan
 
 
@@ -46,8 +47,9 @@ def takes(backend: Backend, step: Any) -> bool:
     )
 
 
-def _signature(steps: Sequence[Any]) -> tuple[Any, ...]:
-    """What the plan depends on: every tensor's storage, shape and dtype, and its state's."""
+def step_signature(steps: Sequence[Any]) -> tuple[Any, ...]:
+    """What the plan of ``step.TensorStep``s depends on: every tensor's storage, shape and
+    dtype, and its state's."""
     parts: list[Any] = []
     for t in steps:
         state = t.state
@@ -58,45 +60,110 @@ def _signature(steps: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(parts)
 
 
+def step_members(steps: Sequence[Any]) -> list[Member]:
+    """The plan's members for ``step.TensorStep``s."""
+    return [
+        Member(t.param, t.grad, t.state, t.dims, t.size.numel, t.size.n, t.size.m, t.size.per_slice)
+        for t in steps
+    ]
+
+
+def takes_parameter(backend: Backend, p: Tensor, momentum_dtype: torch.dtype | None) -> bool:
+    """Whether ``backend`` takes ``p`` as it is (the cheap test of the optimizer's fast
+    path, which then needs no per-tensor views): a contiguous float32, bfloat16 or float16
+    parameter and gradient on its device, momentum (if any) in one of those dtypes."""
+    grad = p.grad
+    return (
+        p.device.type == backend.DEVICE_TYPE
+        and p.dtype in DTYPE_CODES
+        and grad is not None
+        and p.is_contiguous()
+        and grad.is_contiguous()
+        and (momentum_dtype is None or momentum_dtype in DTYPE_CODES)
+    )
+
+
+def parameter_signature(
+    params: Sequence[Tensor], states: Sequence[Mapping[str, Tensor]], rms_per_slice: bool
+) -> tuple[Any, ...]:
+    """What the plan of whole parameters depends on: every parameter's storage, shape and
+    dtype, its state's storages, and whether RMS is per slice."""
+    parts: list[Any] = [rms_per_slice]
+    for p, state in zip(params, states):
+        parts.append(p.data_ptr())
+        parts.append(p.shape)
+        parts.append(p.dtype)
+        parts.extend(v.data_ptr() for v in state.values())
+    return tuple(parts)
+
+
+def parameter_members(
+    params: Sequence[Tensor],
+    states: Sequence[Mapping[str, Tensor]],
+    dims: Sequence[tuple[int, int] | None],
+    rms_per_slice: bool,
+) -> list[Member]:
+    """The plan's members for whole parameters (their ``canonical`` views)."""
+    members = []
+    for p, state, pair in zip(params, states, dims):
+        assert p.grad is not None
+        size = Size.of(p.shape, pair, rms_per_slice)
+        members.append(
+            Member(
+                canonical(p, pair),
+                canonical(p.grad, pair),
+                TensorState.of(state, pair),
+                pair,
+                size.numel,
+                size.n,
+                size.m,
+                size.per_slice,
+            )
+        )
+    return members
+
+
 class PlanCache:
-    """One group's plan, kept between steps (by the optimizer, which owns the state)."""
+    """One group's plan, kept between steps (by the optimizer, which owns the state), and the
+    host buffers that CUDA graphs captured from this group copy from (kept alive for their
+    replays)."""
 
     def __init__(self, geometry: Geometry | None = None) -> None:
         self.geometry = geometry or Geometry()
         self.signature: tuple[Any, ...] | None = None
         self.plan: Plan | None = None
         self.grads: list[int] = []
+        self.held: list[Any] = []
 
-    def plan_for(self, steps: Sequence[Any], device: torch.device) -> Plan:
-        """The plan of ``steps``, rebuilt only if a storage, shape or dtype changed; the
-        gradients' pointers (new tensors every step after ``zero_grad()``) are refreshed."""
-        signature = _signature(steps)
+    def plan_for(
+        self,
+        signature: tuple[Any, ...],
+        members: Callable[[], Sequence[Member]],
+        grads: Sequence[Tensor],
+        device: torch.device,
+    ) -> Plan:
+        """The plan of ``members()``, rebuilt only if ``signature`` (storages, shapes, dtypes)
+        changed; the gradients' pointers (new tensors every step after ``zero_grad()``) are
+        refreshed."""
+        pointers = [g.data_ptr() for g in grads]
         if self.plan is None or signature != self.signature:
-            members = [
-                Member(
-                    t.param,
-                    t.grad,
-                    t.state,
-                    t.dims,
-                    t.size.numel,
-                    t.size.n,
-                    t.size.m,
-                    t.size.per_slice,
-                )
-                for t in steps
-            ]
-            self.plan = build_plan(members, self.geometry, device)
-            self.signature = signature
-            self.grads = [t.grad.data_ptr() for t in steps]
+            self.plan = build_plan(members(), self.geometry, device)
+            self.signature, self.grads = signature, pointers
             return self.plan
-        grads = [t.grad.data_ptr() for t in steps]
-        if grads != self.grads:
-            self.grads = grads
+        if pointers != self.grads:
+            self.grads = pointers
             host = self.plan.host_descriptors
-            host[:, Field.GRAD] = torch.tensor(grads, dtype=torch.int64)
+            host[:, Field.GRAD] = torch.tensor(pointers, dtype=torch.int64)
             if self.plan.descriptors is not host:
-                self.plan.descriptors.copy_(host.pin_memory(), non_blocking=True)
+                pinned = host.pin_memory()
+                self.plan.descriptors.copy_(pinned, non_blocking=True)
+                self.hold(pinned)
         return self.plan
+
+    def hold(self, host_buffer: Any) -> None:
+        """Keep ``host_buffer`` alive while a CUDA graph being captured copies from it."""
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            self.held.append(host_buffer)
 
 
 @dataclass
@@ -111,14 +178,23 @@ class KernelRun:
 
 
 def kernel_sums(
-    backend: Backend, cache: PlanCache, steps: Sequence[Any], hp: Hyperparameters
+    backend: Backend, cache: PlanCache, plan: Plan, hp: Hyperparameters, steps: Sequence[Any] = ()
 ) -> KernelRun:
-    """Phase 1 for ``steps`` (``statistics_local_sums`` are its partial sums)."""
-    device = steps[0].param.device
-    plan = cache.plan_for(steps, device)
+    """Phase 1 for the tensors of ``plan`` (``statistics_local_sums`` are its partial sums;
+    ``steps``, the ``step.TensorStep``s, name them)."""
     buffers = backend.make_buffers(plan)
-    run = KernelRun(backend, plan, buffers, backend.numbers(hp, device), steps)
+    numbers = backend.numbers(hp, plan.descriptors.device)
+    cache.hold(numbers)
+    run = KernelRun(backend, plan, buffers, numbers, steps)
     backend.sums(plan, buffers)
+    return run
+
+
+def kernel_step(backend: Backend, cache: PlanCache, plan: Plan, hp: Hyperparameters) -> KernelRun:
+    """The three phases back to back, for tensors held whole."""
+    run = kernel_sums(backend, cache, plan, hp)
+    kernel_update_sums(run)
+    kernel_apply(run)
     return run
 
 
@@ -137,9 +213,13 @@ def update_local_sums(run: KernelRun) -> list[LocalSum]:
     return _local_sums(run, ("nonfinite", "sum_sq_u"))
 
 
-def kernel_apply(run: KernelRun) -> list[Applied]:
-    """Phase 3, from complete sums; what each tensor's step applied (views of the sums)."""
+def kernel_apply(run: KernelRun) -> None:
+    """Phase 3, from complete sums."""
     run.backend.apply(run.plan, run.buffers, run.numbers)
+
+
+def applied(run: KernelRun) -> list[Applied]:
+    """What each tensor's step applied, for diagnostics (views of the run's sums)."""
     sums = run.backend.sums_of(run.buffers)
     return [
         Applied(
