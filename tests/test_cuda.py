@@ -24,11 +24,22 @@ SHAPES = [(320, 256), (48,), (), (1, 9), (0, 4), (4, 128, 160), (1000, 3), (2, 6
 FAMILIES = [
     {},
     {"beta1": 0.9, "weight_decay": 0.1},
-    {"beta1": 0.9, "momentum_of": "gradient", "beta2": 0.999, "clip_threshold": None,
-     "relative_step": False, "scale_parameter": False, "lr": 1e-3},
+    {
+        "beta1": 0.9,
+        "momentum_of": "gradient",
+        "beta2": 0.999,
+        "clip_threshold": None,
+        "relative_step": False,
+        "scale_parameter": False,
+        "lr": 1e-3,
+    },
     {"factored": False, "maximize": True},
-    {"factor_dims": "last", "rms_per_slice": True, "weight_decay_scale": "alpha",
-     "weight_decay": 0.01},
+    {
+        "factor_dims": "last",
+        "rms_per_slice": True,
+        "weight_decay_scale": "alpha",
+        "weight_decay": 0.01,
+    },
     {"beta2_cap": 0.9, "decay_offset": 2, "warmup_init": True},
     {"beta1": 0.8, "momentum_dtype": torch.bfloat16, "clip_threshold": 0.5},
 ]
@@ -133,9 +144,14 @@ def _kernels():
     from adafactor.kernels import triton as kernels
 
     return [
-        kernels._sums_tiles, kernels._sums_tensors, kernels._statistics,
-        kernels._update_sums_tiles, kernels._update_sums_tensors, kernels._apply_scalars,
-        kernels._apply_tiles, kernels._commit,
+        kernels._sums_tiles,
+        kernels._sums_tensors,
+        kernels._statistics,
+        kernels._update_sums_tiles,
+        kernels._update_sums_tensors,
+        kernels._apply_scalars,
+        kernels._apply_tiles,
+        kernels._commit,
     ]
 
 

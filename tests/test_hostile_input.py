@@ -10,9 +10,9 @@ import functools
 
 import pytest
 import torch
-from helpers import assert_unchanged, make_trained, snapshot
 
 from adafactor import Adafactor
+from helpers import assert_unchanged, make_trained, snapshot
 
 # --- state that cannot be trusted ----------------------------------------------------------
 
@@ -49,7 +49,7 @@ def test_corrupt_state_values_are_refused_naming_parameter_and_key(key, value, p
 
 
 def test_corrupt_values_in_the_second_parameter_are_named_too():
-    params, opt, state = _corrupted("exp_avg_sq", torch.full((4,), float("nan")), index=1)
+    _params, opt, state = _corrupted("exp_avg_sq", torch.full((4,), float("nan")), index=1)
     with pytest.raises(
         ValueError, match=r"\['params'\]\[1\], shape \(4,\)\): state\['exp_avg_sq'\]"
     ):
@@ -85,7 +85,7 @@ def test_a_state_dict_that_is_not_a_mapping_is_a_value_error():
 
 def test_eps_saved_as_a_list_loads():
     # JSON or YAML round trips turn tuples into lists; the constructor takes a list too.
-    params, opt = make_trained()
+    _params, opt = make_trained()
     state = copy.deepcopy(opt.state_dict())
     state["param_groups"][0]["eps"] = [1e-30, 1e-3]
     opt.load_state_dict(state)
