@@ -18,6 +18,13 @@ import adafactor.kernels
 from adafactor import Adafactor
 from adafactor.reference import ReferenceAdafactor
 
+
+def examples(count: int) -> int:
+    """A property test's ``max_examples``: ``count``, or ten times as many when exploring
+    with fresh random examples (``HYPOTHESIS_PROFILE=explore``, ``make fuzz``)."""
+    return count * 10 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else count
+
+
 STEP_PATHS = ("eager", "cpu-kernels", "triton-kernels")
 """The ways a CPU step can run: tensor by tensor (``fused=False``), the C group kernels, and
 the Triton group kernels run by Triton's interpreter on CPU tensors."""

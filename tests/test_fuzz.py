@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adafactor import Adafactor, optimizer_state_bytes, state_bytes
-from helpers import magnitudes, run_side_by_side
+from helpers import examples, magnitudes, run_side_by_side
 from helpers import option_sets as options
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -73,7 +73,7 @@ def runs(draw):
     }
 
 
-@settings(max_examples=250, **SETTINGS)
+@settings(max_examples=examples(250), **SETTINGS)
 @given(run=runs())
 def test_invariants_hold_over_shapes_dtypes_options_and_magnitudes(run):
     dtype, opts = run["dtype"], run["options"]
@@ -104,7 +104,7 @@ def test_invariants_hold_over_shapes_dtypes_options_and_magnitudes(run):
     assert optimizer_state_bytes(opt) == state_bytes(params, **opts).adafactor
 
 
-@settings(max_examples=120, **SETTINGS)
+@settings(max_examples=examples(120), **SETTINGS)
 @given(
     shapes=st.lists(shapes, min_size=1, max_size=3),
     options=options,
@@ -131,7 +131,7 @@ def test_float64_matches_the_reference_at_any_scale(shapes, options, x_exp, g_ex
         torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12 * scale)
 
 
-@settings(max_examples=150, **SETTINGS)
+@settings(max_examples=examples(150), **SETTINGS)
 @given(
     shape=shapes,
     dtype=st.sampled_from(DTYPES),

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from adafactor import Adafactor
 from adafactor.presets import ADAM
 from adafactor.reference import ReferenceAdafactor, ReferenceAdam
+from helpers import examples, run_side_by_side, use_step_path, wide_gradient
 from helpers import option_sets as options
-from helpers import run_side_by_side, use_step_path, wide_gradient
 from helpers import shape_lists as shapes
 
 
@@ -95,7 +95,7 @@ def test_adam_configuration_matches_paper_algorithm_1():
             torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-15)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shapes=st.lists(shapes, min_size=1, max_size=3),
     options=options,
@@ -139,13 +139,13 @@ FLOAT32 = dict(
 
 
 @pytest.mark.parametrize("path", ["eager", "cpu-kernels"])
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(**FLOAT32)
 def test_property_float32_matches_reference(path, shape, options, seed):
     _float32_matches_reference(path, shape, options, seed)
 
 
-@settings(max_examples=10, deadline=None)  # Triton's interpreter takes ~1 s a step
+@settings(max_examples=examples(10), deadline=None)  # Triton's interpreter takes ~1 s a step
 @given(**FLOAT32)
 def test_property_float32_triton_kernels_match_reference(shape, options, seed):
     _float32_matches_reference("triton-kernels", shape, options, seed)
