@@ -1,7 +1,7 @@
 """How a step walks a tensor: as a ``canonical`` view with the factored dims at fixed places,
 in row chunks when eager, and with column sums taken block by block.
 
-None of this changes the math (``algorithm.py``); it decides which elements a pass touches
+None of this changes the math (``equations.py``); it decides which elements a pass touches
 together, so that every rank of tensor needs two shapes of compiled kernel, an eager pass
 needs no full-size temporaries, and a generated reduction reads memory in order.
 """
