@@ -2,8 +2,9 @@
 in row chunks when eager, and with column sums taken block by block.
 
 None of this changes the math (``equations.py``); it decides which elements a pass touches
-together, so that every rank of tensor needs two shapes of compiled kernel, an eager pass
-needs no full-size temporaries, and a generated reduction reads memory in order.
+together, so that every rank of tensor is one shape to the eager phases and to the kernels'
+plan (``kernels/plan.py``), an eager pass needs no full-size temporaries, and a column sum
+reads memory in order.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ Rows = tuple[int, int] | None
 
 def row_chunks(x: Tensor) -> list[Rows]:
     """The rows (dim 1 of a factored ``canonical`` view, elements of a flat one) that one
-    eager pass over ``x`` takes at a time; all of them when compiling, since a generated loop
-    needs no temporaries."""
+    eager pass over ``x`` takes at a time; all of them while torch.compile traces the step,
+    since a generated loop needs no temporaries."""
     if torch.compiler.is_compiling() or x.numel() <= CHUNK_NUMEL:
         return [None]
     rows = x.shape[1 if x.dim() == 5 else 0]
