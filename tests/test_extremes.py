@@ -16,7 +16,7 @@ import torch
 
 from adafactor import Adafactor
 from adafactor.reference import ReferenceAdafactor
-from helpers import magnitudes, run_side_by_side
+from helpers import magnitudes, run_side_by_side, use_step_path
 
 FP32_PARAM_SCALES = [1e-20, 1e-10, 1.0, 1e10, 1e20]
 # The largest is just under the documented bound: |G| ≲ 1.8e19 keeps G² finite in float32.
@@ -43,39 +43,45 @@ def assert_all_finite(opt, params):
         assert int(opt.state[p]["nonfinite_skips"]) == 0
 
 
+@pytest.mark.parametrize("path", ["eager", "cpu-kernels"])
 @pytest.mark.parametrize("config", CONFIGS)
-def test_fp32_params_and_grads_from_1e_minus20_to_1e20_stay_finite(config):
+def test_fp32_params_and_grads_from_1e_minus20_to_1e20_stay_finite(monkeypatch, path, config):
+    # Every parameter scale in one group (so that the group kernels take them together),
+    # one group per gradient scale. The interpreted Triton kernels, too slow for this grid,
+    # take the reference comparison below at every scale.
+    use_step_path(monkeypatch, path)
     gen = torch.Generator().manual_seed(0)
-    for x_scale in FP32_PARAM_SCALES:
-        for g_scale in FP32_GRAD_SCALES:
-            params = [
-                magnitudes(s, x_scale, gen, torch.float32).requires_grad_()
-                for s in [(6, 5), (3, 4, 5), (9,)]
-            ]
-            opt = Adafactor(params, **CONFIGS[config])
-            for _ in range(3):
-                for p in params:
-                    p.grad = magnitudes(p.shape, g_scale, gen, torch.float32)
-                opt.step()
-            assert_all_finite(opt, params)
-            assert all(int(opt.state[p]["step"]) == 3 for p in params)
+    for g_scale in FP32_GRAD_SCALES:
+        params = [
+            magnitudes(s, x_scale, gen, torch.float32).requires_grad_()
+            for x_scale in FP32_PARAM_SCALES
+            for s in [(6, 5), (3, 4, 5), (9,)]
+        ]
+        opt = Adafactor(params, **CONFIGS[config])
+        for _ in range(3):
+            for p in params:
+                p.grad = magnitudes(p.shape, g_scale, gen, torch.float32)
+            opt.step()
+        assert_all_finite(opt, params)
+        assert all(int(opt.state[p]["step"]) == 3 for p in params)
 
 
 @pytest.mark.parametrize("g_scale", FP32_GRAD_SCALES)
 @pytest.mark.parametrize("config", ["default", "unfactored", "absolute-unclipped", "eps2=0"])
-def test_fp32_extreme_scales_match_the_reference(config, g_scale):
+def test_fp32_extreme_scales_match_the_reference(step_path, config, g_scale):
     # float32 math has a relative error of ~1e-6 per operation; over 3 steps of O(10)
     # operations the parameters agree to well within 1e-4 of the distance moved, plus the
     # final rounding of X (2^-24 relative, bounded by 1e-6·max|X|). Same bound as
-    # test_reference.test_property_float32_matches_reference.
+    # test_reference.test_property_float32_matches_reference. One tensor per parameter
+    # scale, all in one group, so that the group kernels take them in one step.
     gen = torch.Generator().manual_seed(1)
-    for x_scale in FP32_PARAM_SCALES:
-        x0 = magnitudes((6, 5), x_scale, gen, torch.float32)
-        grads = [[magnitudes((6, 5), g_scale, gen, torch.float32)] for _ in range(3)]
-        _, ours, ref = run_side_by_side([x0], grads, **CONFIGS[config])
-        moved = (ref.params[0] - x0.double()).abs().max().item()
-        err = (ours[0].detach().double() - ref.params[0]).abs().max().item()
-        bound = 1e-4 * moved + 1e-6 * x0.abs().max().item()
+    x0 = [magnitudes((6, 5), x_scale, gen, torch.float32) for x_scale in FP32_PARAM_SCALES]
+    grads = [[magnitudes((6, 5), g_scale, gen, torch.float32) for _ in x0] for _ in range(3)]
+    _, ours, ref = run_side_by_side(x0, grads, **CONFIGS[config])
+    for x_scale, start, mine, theirs in zip(FP32_PARAM_SCALES, x0, ours, ref.params):
+        moved = (theirs - start.double()).abs().max().item()
+        err = (mine.detach().double() - theirs).abs().max().item()
+        bound = 1e-4 * moved + 1e-6 * start.abs().max().item()
         assert err <= bound, f"|X|~{x_scale:g}, |G|~{g_scale:g}: error {err:.3g}, moved {moved:.3g}"
 
 
