@@ -41,7 +41,16 @@ def interpreted_triton_backend() -> types.SimpleNamespace:
     """The Triton kernels as a backend for CPU tensors (the interpreter runs them)."""
     from adafactor.kernels import triton as kernels
 
-    names = ("make_buffers", "numbers", "sums", "update_sums", "apply", "sums_of", "LAUNCHES")
+    names = (
+        "GEOMETRY",
+        "make_buffers",
+        "numbers",
+        "sums",
+        "update_sums",
+        "apply",
+        "sums_of",
+        "LAUNCHES",
+    )
     return types.SimpleNamespace(DEVICE_TYPE="cpu", **{n: getattr(kernels, n) for n in names})
 
 

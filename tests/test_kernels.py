@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -131,6 +132,21 @@ def test_small_tiles_split_slices_into_many_tiles(monkeypatch, path):
     run_both(
         monkeypatch, path, [(37, 29), (3, 8, 6), (45,)], options, torch.float32, 2, Geometry(4, 8)
     )
+
+
+@pytest.mark.parametrize("path", KERNEL_PATHS)
+def test_the_backends_own_tiles_split_long_rows_and_many_rows(monkeypatch, path):
+    # With each backend's own geometry (CPU: whole rows up to 4096 wide, 512 at a time;
+    # Triton: 512 × 512): rows longer than a tile, more rows than a tile, a long vector.
+    options = {"beta1": 0.9, "weight_decay": 0.01}
+    run_both(monkeypatch, path, [(3, 4100), (600, 7), (9000,)], options, torch.float32, 2)
+
+
+def test_the_cpu_tiles_fit_the_c_kernels_buffers():
+    from adafactor.kernels import cpu
+
+    max_cols = int(re.search(r"#define MAX_COLS (\d+)", cpu.SOURCE.read_text())[1])
+    assert cpu.GEOMETRY.cols <= max_cols
 
 
 @pytest.mark.parametrize("path", KERNEL_PATHS)

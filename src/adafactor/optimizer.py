@@ -212,6 +212,7 @@ class Adafactor(Optimizer):
             lambda: parameter_members(params, states, [_dims(p, group) for p in params], per_slice),
             [p.grad for p in params if p.grad is not None],
             params[0].device,
+            fast.backend.GEOMETRY,
         )
         run = kernel_step(fast.backend, fast.cache, plan, fast.hp)
         return kernel_applied(run) if group["diagnostics"] else []

@@ -116,6 +116,7 @@ def group_step(
             lambda: kernel_group.step_members(together),
             [t.grad for t in together],
             together[0].param.device,
+            fast.backend.GEOMETRY,
         )
     if complete is None:
         if fast is not None and plan is not None:

@@ -19,6 +19,9 @@
  * vectorize; X's sum of squares is accumulated in double, which holds any float32 square.
  */
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -396,10 +399,20 @@ static void col_factors(Tensor x, const float *sums, Slice sl, int64_t col0, int
     for (int64_t j = 0; j < ncols; j++) out[j] = 1.0f / sqrtf(col[sl.col_base + (col0 + j) * sl.col_stride_c]);
 }
 
-/* What a pass reads of one run of elements and what it works out: D_t (G or m̂_t), U_t. */
+/* What a pass reads of one run of elements and what it works out: D_t (G or m̂_t), U_t.
+ * One per thread, allocated by the caller of the parallel loop (not thread-local storage,
+ * which in a shared library costs a call per access). */
 typedef struct {
     float g[MAX_COLS], d[MAX_COLS], u[MAX_COLS], m[MAX_COLS], v[MAX_COLS], cf[MAX_COLS];
 } Buffers;
+
+static inline Buffers *own_buffers(Buffers *all) {
+#ifdef _OPENMP
+    return all + omp_get_thread_num();
+#else
+    return all;
+#endif
+}
 
 /* G of k elements at element e, and D_t: G itself, or for Adam-style momentum m̂_t (with m_t,
  * as the state stores it, in b->m). Returns D_t; *g is set to G. */
@@ -427,23 +440,24 @@ static void full_moment(Tensor x, const float *restrict g, int64_t e, int64_t k,
 }
 
 static void update_sums_tile(const int64_t *tile, const int64_t *desc, const float *sums,
-                             double *tile_sums, const double *hp, const int64_t *flags) {
+                             double *tile_sums, const double *hp, const int64_t *flags,
+                             Buffers *bp) {
     Tensor x = {desc + tile[T_TENSOR] * N_FIELDS};
     Schedule s = schedule(x, hp, flags);
-    static __thread Buffers b;
+    Buffers *b = bp;
     double su = 0.0, nonfinite = 0.0;
     int64_t row0 = tile[T_ROW0], nrows = tile[T_ROWS];
     if (!D(x, F_FACTORED)) {
         float w = 1.0f - s.beta2_t, eps1 = (float)hp[HP_EPS1];
         for (int64_t e = row0; e < row0 + nrows; e += MAX_COLS) {
             int64_t k = row0 + nrows - e < MAX_COLS ? row0 + nrows - e : MAX_COLS;
-            const float *g, *d = direction(x, &b, e, 1, k, hp, flags, s, &g);
-            full_moment(x, g, e, k, w, eps1, b.v);
+            const float *g, *d = direction(x, b, e, 1, k, hp, flags, s, &g);
+            full_moment(x, g, e, k, w, eps1, b->v);
             float acc = 0.0f, bad = 0.0f;
 #pragma omp simd reduction(+ : acc, bad)
             for (int64_t j = 0; j < k; j++) {
-                bad += (b.v[j] - b.v[j]) != 0.0f; /* NaN or infinite */
-                float u = d[j] / sqrtf(b.v[j]);
+                bad += (b->v[j] - b->v[j]) != 0.0f; /* NaN or infinite */
+                float u = d[j] / sqrtf(b->v[j]);
                 acc += u * u;
             }
             su += acc;
@@ -452,14 +466,14 @@ static void update_sums_tile(const int64_t *tile, const int64_t *desc, const flo
     } else {
         Slice sl = slice_of(x, tile[T_SLICE]);
         int64_t col0 = tile[T_COL0], ncols = tile[T_COLS];
-        col_factors(x, sums, sl, col0, ncols, b.cf);
+        col_factors(x, sums, sl, col0, ncols, b->cf);
         for (int64_t i = row0; i < row0 + nrows; i++) {
             int64_t e = sl.base + i * sl.row_stride + col0 * sl.col_stride;
-            const float *g, *d = direction(x, &b, e, sl.col_stride, ncols, hp, flags, s, &g);
+            const float *g, *d = direction(x, b, e, sl.col_stride, ncols, hp, flags, s, &g);
             float rf = row_factor(x, sums, sl, tile[T_SLICE], i), acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
             for (int64_t j = 0; j < ncols; j++) {
-                float u = d[j] * rf * b.cf[j];
+                float u = d[j] * rf * b->cf[j];
                 acc += u * u;
             }
             su += acc;
@@ -472,14 +486,21 @@ static void update_sums_tile(const int64_t *tile, const int64_t *desc, const flo
 int adafactor_update_sums(const int64_t *desc, int64_t ntensors, const int64_t *tiles,
                           int64_t ntiles, float *sums, double *tile_sums, const double *hp,
                           const int64_t *flags, int nthreads) {
+    Buffers *buffers = malloc((size_t)nthreads * sizeof(Buffers));
     double *nonfinite = calloc((size_t)(ntensors > 0 ? ntensors : 1), sizeof(double));
+    if (!buffers || !nonfinite) {
+        free(buffers);
+        free(nonfinite);
+        return -1;
+    }
     for (int64_t i = 0; i < ntensors; i++) {
         Tensor x = {desc + i * N_FIELDS};
         nonfinite[i] = statistics_tensor(x, sums, hp, flags);
     }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
     for (int64_t k = 0; k < ntiles; k++)
-        update_sums_tile(tiles + k * N_TILE_FIELDS, desc, sums, tile_sums + k * 4, hp, flags);
+        update_sums_tile(tiles + k * N_TILE_FIELDS, desc, sums, tile_sums + k * 4, hp, flags,
+                         own_buffers(buffers));
     for (int64_t i = 0; i < ntensors; i++) {
         Tensor x = {desc + i * N_FIELDS};
         int64_t first = D(x, F_FIRST_TILE), count = D(x, F_TILES), groups = D(x, F_RMS_GROUPS);
@@ -493,6 +514,7 @@ int adafactor_update_sums(const int64_t *desc, int64_t ntensors, const int64_t *
         free(su);
     }
     free(nonfinite);
+    free(buffers);
     return 0;
 }
 
@@ -565,11 +587,10 @@ static void apply_run(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k
 
 static void apply_tile(const int64_t *tile, const int64_t *desc, const float *sums,
                        const double *scalars, const double *hp, const int64_t *flags,
-                       uint64_t seed) {
+                       uint64_t seed, Buffers *b) {
     Tensor x = {desc + tile[T_TENSOR] * N_FIELDS};
     if (sums[D(x, F_FINITE)] == 0.0f) return; /* skipped: nothing changes */
     Schedule s = schedule(x, hp, flags);
-    static __thread Buffers b;
     int64_t row0 = tile[T_ROW0], nrows = tile[T_ROWS];
     const double *own = scalars + 2 * (D(x, F_PER_SLICE) ? tile[T_SLICE] : 0);
     float step_scale = (float)own[0], decay = (float)own[1];
@@ -577,16 +598,16 @@ static void apply_tile(const int64_t *tile, const int64_t *desc, const float *su
     if (!D(x, F_FACTORED)) {
         for (int64_t e = row0; e < row0 + nrows; e += MAX_COLS) {
             int64_t k = row0 + nrows - e < MAX_COLS ? row0 + nrows - e : MAX_COLS;
-            apply_run(x, &b, e, 1, k, 0.0f, NULL, step_scale, decay, hp, flags, s, tensor_seed);
+            apply_run(x, b, e, 1, k, 0.0f, NULL, step_scale, decay, hp, flags, s, tensor_seed);
         }
         return;
     }
     Slice sl = slice_of(x, tile[T_SLICE]);
     int64_t col0 = tile[T_COL0], ncols = tile[T_COLS];
-    col_factors(x, sums, sl, col0, ncols, b.cf);
+    col_factors(x, sums, sl, col0, ncols, b->cf);
     for (int64_t i = row0; i < row0 + nrows; i++) {
         int64_t e = sl.base + i * sl.row_stride + col0 * sl.col_stride;
-        apply_run(x, &b, e, sl.col_stride, ncols, row_factor(x, sums, sl, tile[T_SLICE], i), b.cf,
+        apply_run(x, b, e, sl.col_stride, ncols, row_factor(x, sums, sl, tile[T_SLICE], i), b->cf,
                   step_scale, decay, hp, flags, s, tensor_seed);
     }
 }
@@ -607,6 +628,8 @@ int adafactor_apply(const int64_t *desc, int64_t ntensors, const int64_t *tiles,
                     float *sums, double *scalars, const int64_t *scalar_offsets,
                     const double *hp, const int64_t *flags, const int64_t *seed_at, int nthreads) {
     uint64_t seed = (uint64_t)*seed_at;
+    Buffers *buffers = malloc((size_t)nthreads * sizeof(Buffers));
+    if (!buffers) return -1; /* before anything changes */
     for (int64_t i = 0; i < ntensors; i++) {
         Tensor x = {desc + i * N_FIELDS};
         apply_scalars(x, sums, hp, flags, scalars + scalar_offsets[i]);
@@ -614,8 +637,10 @@ int adafactor_apply(const int64_t *desc, int64_t ntensors, const int64_t *tiles,
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
     for (int64_t k = 0; k < ntiles; k++) {
         const int64_t *tile = tiles + k * N_TILE_FIELDS;
-        apply_tile(tile, desc, sums, scalars + scalar_offsets[tile[T_TENSOR]], hp, flags, seed);
+        apply_tile(tile, desc, sums, scalars + scalar_offsets[tile[T_TENSOR]], hp, flags, seed,
+                   own_buffers(buffers));
     }
+    free(buffers);
     for (int64_t i = 0; i < ntensors; i++) {
         Tensor x = {desc + i * N_FIELDS};
         commit_tensor(x, sums);

@@ -24,13 +24,16 @@ import torch
 from torch import Tensor
 
 from ..options import Hyperparameters
-from .plan import Plan, c_header
+from .plan import Geometry, Plan, c_header
 from .plan import flags as plan_flags
 from .plan import numbers as plan_numbers
 
 log = logging.getLogger("adafactor")
 
 DEVICE_TYPE = "cpu"
+GEOMETRY = Geometry(rows=512, cols=4096)
+"""Tiles of whole rows (up to ``MAX_COLS`` in cpu.c): a core streams through each row, where
+narrower tiles would jump to another page every few KiB, out of the prefetcher's reach."""
 SOURCE = Path(__file__).with_name("cpu.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
 """-fno-math-errno: sqrtf needs no errno (the kernels never read it), and so vectorizes."""
@@ -185,20 +188,26 @@ def _tables(plan: Plan) -> tuple[int, int, int, int]:
     )
 
 
+def _check(status: int) -> None:
+    if status != 0:  # only before anything changed: a kernel allocates first
+        raise MemoryError("adafactor: the CPU kernels could not allocate their buffers")
+
+
 def sums(plan: Plan, buffers: Buffers) -> None:
     """Phase 1 for every tensor of the plan, into ``buffers.sums``."""
-    library().adafactor_sums(
+    status = library().adafactor_sums(
         *_tables(plan),
         buffers.sums.data_ptr(),
         buffers.scratch.data_ptr(),
         buffers.tile_sums.data_ptr(),
         _threads(plan),
     )
+    _check(status)
 
 
 def update_sums(plan: Plan, buffers: Buffers, options: Numbers) -> None:
     """Phase 2, from complete sums: R_t, C_t, then Σ U_t² and the non-finite counts."""
-    library().adafactor_update_sums(
+    status = library().adafactor_update_sums(
         *_tables(plan),
         buffers.sums.data_ptr(),
         buffers.tile_sums.data_ptr(),
@@ -206,12 +215,13 @@ def update_sums(plan: Plan, buffers: Buffers, options: Numbers) -> None:
         options.flags.data_ptr(),
         _threads(plan),
     )
+    _check(status)
 
 
 def apply(plan: Plan, buffers: Buffers, options: Numbers) -> None:
     """Phase 3, from complete sums: the update of every tensor, its state and counters."""
     scalars = torch.empty(plan.scalars_numel, dtype=torch.float64)
-    library().adafactor_apply(
+    status = library().adafactor_apply(
         *_tables(plan),
         buffers.sums.data_ptr(),
         scalars.data_ptr(),
@@ -221,3 +231,4 @@ def apply(plan: Plan, buffers: Buffers, options: Numbers) -> None:
         options.seed.data_ptr(),
         _threads(plan),
     )
+    _check(status)

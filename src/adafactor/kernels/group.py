@@ -23,6 +23,7 @@ class Backend(Protocol):
     """A module of group kernels: ``cpu`` or ``triton``."""
 
     DEVICE_TYPE: str
+    GEOMETRY: Geometry
 
     def make_buffers(self, plan: Plan) -> Any: ...
     def numbers(self, hp: Hyperparameters, device: torch.device) -> Any: ...
@@ -129,7 +130,7 @@ class PlanCache:
     replays)."""
 
     def __init__(self, geometry: Geometry | None = None) -> None:
-        self.geometry = geometry or Geometry()
+        self.geometry = geometry  # the backend's, unless given (tests give small tiles)
         self.signature: tuple[Any, ...] | None = None
         self.plan: Plan | None = None
         self.grads: list[int] = []
@@ -141,13 +142,16 @@ class PlanCache:
         members: Callable[[], Sequence[Member]],
         grads: Sequence[Tensor],
         device: torch.device,
+        geometry: Geometry,
     ) -> Plan:
-        """The plan of ``members()``, rebuilt only if ``signature`` (storages, shapes, dtypes)
-        changed; the gradients' pointers (new tensors every step after ``zero_grad()``) are
-        refreshed."""
+        """The plan of ``members()`` in tiles of ``geometry`` (the backend's), rebuilt only if
+        ``signature`` (storages, shapes, dtypes) changed; the gradients' pointers (new tensors
+        every step after ``zero_grad()``) are refreshed."""
         pointers = [g.data_ptr() for g in grads]
+        geometry = self.geometry or geometry
+        signature = (*signature, geometry)
         if self.plan is None or signature != self.signature:
-            self.plan = build_plan(members(), self.geometry, device)
+            self.plan = build_plan(members(), geometry, device)
             self.signature, self.grads = signature, pointers
             return self.plan
         if pointers != self.grads:

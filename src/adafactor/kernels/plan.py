@@ -95,11 +95,12 @@ DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 @dataclass(frozen=True)
 class Geometry:
-    """Tile sizes: ``rows × cols`` for factored slices, ``rows·cols`` elements for the rest.
-    The scratch for partial sums is ``numel·(1/rows + 1/cols)`` floats at most."""
+    """Tile sizes: ``rows × cols`` for factored slices, ``rows·cols`` elements for the rest
+    (each backend has its own). The scratch for partial sums is ``numel·(1/rows + 1/cols)``
+    floats at most."""
 
-    rows: int = 512
-    cols: int = 512
+    rows: int
+    cols: int
 
 
 @dataclass

@@ -23,11 +23,13 @@ import triton.language as tl
 from torch import Tensor
 
 from ..options import Hyperparameters
-from .plan import HP, Field, Flag, Plan, Tile
+from .plan import HP, Field, Flag, Geometry, Plan, Tile
 from .plan import flags as plan_flags
 from .plan import numbers as plan_numbers
 
 DEVICE_TYPE = "cuda"
+GEOMETRY = Geometry(rows=512, cols=512)
+"""Tiles of 512 × 512: one program's block of columns is 512 wide."""
 MAX_SPLIT = 32
 """The most programs per tensor in the tensor kernels (``SPLIT``, each taking every
 ``SPLIT``-th slice or block): a group's longest statistics decide, once per plan."""
