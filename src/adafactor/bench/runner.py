@@ -64,8 +64,15 @@ def run_cases(plan: Plan) -> dict[CaseKey, list[dict[str, Any]]]:
                 if not candidates.installed(candidates.CANDIDATES[case[2]]):
                     case_runs.append({"status": "not installed", "error": "not installed"})
                     continue
-                # Each case compiles into a cache of its own: cold in repeat 1, warm after.
-                case_env = {**env, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "-".join(case))}
+                # Each case compiles into caches of its own (Inductor's, Triton's, our C
+                # kernels'): cold in repeat 1, warm after.
+                own = os.path.join(cache, "-".join(case))
+                case_env = {
+                    **env,
+                    "TORCHINDUCTOR_CACHE_DIR": os.path.join(own, "inductor"),
+                    "TRITON_CACHE_DIR": os.path.join(own, "triton"),
+                    "ADAFACTOR_CACHE_DIR": os.path.join(own, "adafactor"),
+                }
                 case_runs.append(run_once(plan, case, case_runs, case_env))
                 print_progress(repeat, plan.repeats, case, case_runs[-1])
     finally:
