@@ -91,7 +91,8 @@ _nonnegative_int = _int_at_least(0)
 
 
 def _memory(args: argparse.Namespace) -> int:
-    from .memory import memory_table, model_parameters
+    from .memory import memory_table
+    from .model_shapes import model_parameters
 
     try:
         params = model_parameters(args.model)

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from .factoring import FactorRule, state_layout
-from .model_shapes import model_parameters  # noqa: F401  (the CLI's import until it moves)
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -54,6 +54,8 @@ Status = Literal["reproduced", "partly", "not reproduced", "inconclusive"]
 
 @dataclass(frozen=True)
 class Verdict:
+    """A claim's status in one regime, and the numbers behind it."""
+
     status: Status
     evidence: str
 
@@ -89,10 +91,12 @@ def status_of(parts: Sequence[Tri]) -> Status:
 
 
 def _mark(part: Tri) -> str:
+    """How a part reads in the evidence."""
     return {True: "yes", False: "no", None: "undecided"}[part]
 
 
 def _name(trials: Trials) -> str:
+    """The run's name, with its regime's suffix."""
     return trials[0].name
 
 
@@ -112,6 +116,7 @@ def stable(trials: Trials) -> bool:
 
 
 def _stability(trials: Trials) -> str:
+    """How many seeds were unstable, and the largest loss rise."""
     rise = max(r.largest_loss_rise for r in trials)
     return (
         f"{_name(trials)} unstable in {unstable_count(trials, SPIKE_NATS)}/{len(trials)} "
@@ -120,6 +125,7 @@ def _stability(trials: Trials) -> str:
 
 
 def _versus(a: Trials, b: Trials, relation: str, part: Tri) -> str:
+    """Two runs' dev losses, their seed-by-seed difference and the part it decides."""
     return (
         f"{_describe(a)} vs {_describe(b)}: difference {describe_difference(a, b)}; "
         f"{relation}: {_mark(part)}"
@@ -127,6 +133,7 @@ def _versus(a: Trials, b: Trials, relation: str, part: Tri) -> str:
 
 
 def _factored_like_full(runs: Runs) -> Verdict:
+    """C1: factored Adam ≈ Adam, with and without warm-up."""
     pairs = [("adam-factored-warmup", "adam-warmup"), ("adam-factored-nowarmup", "adam-nowarmup")]
     parts = [similar(runs[a], runs[b], LOSS_TOLERANCE) for a, b in pairs]
     evidence = [_versus(runs[a], runs[b], "comparable", p) for (a, b), p in zip(pairs, parts)]
@@ -134,6 +141,7 @@ def _factored_like_full(runs: Runs) -> Verdict:
 
 
 def _no_momentum_with_warmup(runs: Runs) -> Verdict:
+    """C2: β1 = 0 with warm-up is stable and as good as Adam with warm-up."""
     b0, adam = runs["b0-warmup"], runs["adam-warmup"]
     parts = [stable(b0), not_worse(b0, adam, LOSS_TOLERANCE)]
     evidence = f"{_stability(b0)}; dev loss {_versus(b0, adam, 'as good', parts[1])}"
@@ -141,10 +149,12 @@ def _no_momentum_with_warmup(runs: Runs) -> Verdict:
 
 
 def _peaks(trials: Trials) -> str:
+    """The run's peak RMS(U_t), mean ± sd."""
     return f"{_name(trials)} {format_mean([r.peak_update_rms for r in trials], 2)}"
 
 
 def _no_warmup_unstable(runs: Runs) -> Verdict:
+    """C3: RMS(U_t) far above the warm-up controls', and unstable."""
     run, controls = runs["b0-nowarmup"], (runs["b0-warmup"], runs["adam-warmup"])
     high = all_of(peak_rms_ratio_at_least(run, c, RMS_FACTOR) for c in controls)
     parts = [high, not stable(run)]
@@ -189,6 +199,7 @@ def _fixes(fixes: Iterable[str]) -> Judge:
 
 
 def _fast_decay(runs: Runs) -> Verdict:
+    """C6: β2 = 0.9 is stable and worse than β2 = 0.999 with warm-up."""
     run, warmup = runs["b0-nowarmup-fast"], runs["b0-warmup"]
     parts = [stable(run), worse(run, warmup, LOSS_TOLERANCE)]
     evidence = f"{_stability(run)}; dev loss {_versus(run, warmup, 'worse', parts[1])}"
@@ -219,6 +230,7 @@ def _like_adam(run_name: str, small_state: bool) -> Judge:
 
 
 def _relative_step_robust(runs: Runs) -> Verdict:
+    """C9: the unit-scale embedding leaves the relative step as good, hurts the absolute."""
     relative, relative_unit = runs["adafactor"], runs["adafactor-unit"]
     absolute, absolute_unit = runs["adafactor-absolute"], runs["adafactor-absolute-unit"]
     parts = [
@@ -338,6 +350,7 @@ def best_adam(results: Mapping[str, Trials]) -> str:
 
 
 def _regimes(claim: Claim) -> Iterable[Regime]:
+    """Where a claim can be judged."""
     return REGIMES.values() if claim.absolute else (RELATIVE,)
 
 

@@ -157,8 +157,8 @@ class RunConfig:
     schedule: Schedule
     regime: Regime
     embedding: Embedding = "scaled"
-    lr: float = None  # type: ignore[assignment]  (set from the regime)
-    """The peak ``lr`` handed to the optimizer; by default the regime's."""
+    lr: float = None  # type: ignore[assignment]
+    """The peak ``lr`` handed to the optimizer; by default (``None``) the regime's."""
 
     def __post_init__(self) -> None:
         if self.lr is None:

@@ -109,9 +109,9 @@ def make_batch(pairs: list[Pair]) -> Batch:
         return out
 
     return Batch(
-        pad([x + [EOS] for x, _ in pairs]),
-        pad([[BOS] + y for _, y in pairs]),
-        pad([y + [EOS] for _, y in pairs]),
+        pad([[*x, EOS] for x, _ in pairs]),
+        pad([[BOS, *y] for _, y in pairs]),
+        pad([[*y, EOS] for _, y in pairs]),
     )
 
 

@@ -86,7 +86,7 @@ def _train(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        recent = (recent + [loss.item()])[-20:]
+        recent = [*recent, loss.item()][-20:]
     seconds = time.perf_counter() - start
     with torch.no_grad():
         model.eval()

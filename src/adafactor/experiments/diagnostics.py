@@ -37,6 +37,8 @@ def second_moment(optimizer: Adafactor, param: Tensor) -> Tensor:
 @torch.no_grad()
 def unscaled_update_rms(optimizer: Adafactor, param: Tensor) -> float:
     """``RMS(U_t)``, ``U_t = G_t/√V̂_t``, of ``param`` for the step just made."""
+    if param.grad is None:
+        raise ValueError("unscaled_update_rms needs the gradient of the step just made")
     update = param.grad / second_moment(optimizer, param).sqrt()
     return update.square().mean().sqrt().item()
 
@@ -46,7 +48,7 @@ def moving_average(values: Sequence[float | None], window: int = SMOOTHING) -> l
     out: list[float] = []
     recent: list[float] = []
     for v in values:
-        recent = (recent + [math.nan if v is None else v])[-window:]
+        recent = [*recent, math.nan if v is None else v][-window:]
         out.append(sum(recent) / len(recent))
     return out
 
@@ -75,7 +77,7 @@ class DivergenceMonitor:
         """Record one step's loss; whether the run has now diverged."""
         if not math.isfinite(loss):
             return True
-        self.recent = (self.recent + [loss])[-SMOOTHING:]
+        self.recent = [*self.recent, loss][-SMOOTHING:]
         if len(self.recent) < SMOOTHING:
             return False
         smoothed = sum(self.recent) / SMOOTHING

@@ -155,6 +155,9 @@ class DecoderLayer(nn.Module):
 class Transformer(nn.Module):
     """Encoder-decoder Transformer with a shared embedding and softmax matrix."""
 
+    positions: Tensor
+    """The sinusoidal timing signal, a buffer of ``max_len × d_model``."""
+
     def __init__(self, vocab_size: int, size: ModelSize, embedding: Embedding = "scaled") -> None:
         super().__init__()
         if embedding not in EMBEDDINGS:

@@ -46,10 +46,13 @@ def _largest_update_rms(result: RunResult) -> list[float]:
 
 
 def _loss(result: RunResult) -> list[float]:
+    """Per step, the training loss (NaN where it was not finite)."""
     return [math.nan if x is None else x for x in result.curves["loss"]]
 
 
 def _tensor_rms(tensor: str) -> Series:
+    """Per step, RMS(U_t) of one watched tensor."""
+
     def series(result: RunResult) -> list[float]:
         return [math.nan if x is None else x for x in result.curves[f"rms {tensor}"]]
 
@@ -76,6 +79,7 @@ def _plot_trials(
 
 
 def _style(ax: matplotlib.axes.Axes, title: str, ylabel: str, log: bool) -> None:
+    """Titles, labels and scale: losses capped at ``LOSS_CEILING``, RMS(U_t) on a log scale."""
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
@@ -103,12 +107,14 @@ def _grid(count: int, cols: int) -> tuple[matplotlib.figure.Figure, list[matplot
 
 
 def _save(fig: matplotlib.figure.Figure, path: Path) -> Path:
+    """Write the figure as a PNG."""
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     return path
 
 
 def _sections_figure(results: Mapping[str, Trials], loss: bool, path: Path) -> Path:
+    """Loss or RMS(U_t) (the largest of the watched tensors), a panel per section and regime."""
     panels = _panels(results)
     fig, axes = _grid(len(panels), 2)
     series = _loss if loss else _largest_update_rms
@@ -136,6 +142,7 @@ def _figure_1_rows(results: Mapping[str, Trials]) -> list[tuple[str, list[str]]]
 
 
 def _tensors(results: Mapping[str, Trials]) -> Sequence[str]:
+    """The names of the watched tensors."""
     first = next(iter(results.values()))[0]
     return [k.removeprefix("rms ") for k in first.curves if k.startswith("rms ")]
 

@@ -36,12 +36,14 @@ VERDICT_MARKS = {"reproduced": "✓", "partly": "~", "not reproduced": "✗", "i
 
 
 def _beta2(options: Mapping[str, object]) -> str:
+    """The second-moment decay as the paper writes it."""
     if options.get("beta2") is not None:
         return f"β2 = {options['beta2']}"
     return f"1 − t^−{options.get('decay_rate', 0.8)}"
 
 
 def _step_size(config: RunConfig) -> str:
+    """Relative, or the absolute peak rate and its regime."""
     if config.relative:
         return "relative"
     regime = config.regime
@@ -60,6 +62,7 @@ CONFIG_COLUMNS: dict[str, Callable[[RunConfig], str]] = {
 
 
 def _diverged(trials: Trials) -> str:
+    """Whether (one seed) or in how many seeds the run diverged, and at which steps."""
     steps = [r.diverged_at for r in trials if r.diverged]
     if len(trials) == 1:
         return f"yes (step {steps[0]})" if steps else "no"
@@ -80,6 +83,7 @@ RESULT_COLUMNS: dict[str, Callable[[Trials], str]] = {
 
 
 def _regime_title(j: Judgement) -> str:
+    """The column a judgement goes in."""
     return "relative step" if j.regime == RELATIVE else j.regime.title
 
 
@@ -98,6 +102,7 @@ def _row_verdicts(config: RunConfig, judgements: Sequence[Judgement]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -105,6 +110,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def _section_table(
     section: str, results: Mapping[str, Trials], judgements: Sequence[Judgement]
 ) -> list[str]:
+    """One section's rows: the paper's columns, the measurements, the verdicts."""
     configs = [c for c in RUNS.values() if c.section == section and c.name in results]
     columns = [k for k in CONFIG_COLUMNS if k != "embedding" or section == SECTION_STEP_SIZE]
     rows = [
@@ -117,6 +123,7 @@ def _section_table(
 
 
 def _quality(trials: Trials) -> str:
+    """Dev loss / BLEU, or how often the run diverged."""
     if any(r.diverged for r in trials):
         return f"diverged in {sum(r.diverged for r in trials)}/{len(trials)} seeds"
     losses, bleus = [r.dev_loss for r in trials], [r.bleu for r in trials]
@@ -153,10 +160,24 @@ def _verdict_grid(judgements: Sequence[Judgement]) -> list[str]:
 
 
 def _claims_section(results: Mapping[str, Trials], judgements: Sequence[Judgement]) -> list[str]:
-    lines = [
-        "",
-        "## Verdicts",
-        "",
+    """The verdicts, and the claims that wait for runs."""
+    lines = ["", "## Verdicts", ""]
+    if not judgements:
+        lines.append("No claim has all of its runs here.")
+    else:
+        lines += _verdict_tables(judgements)
+    waiting = unjudged(results)
+    if waiting:
+        lines += ["", "Not judged, runs missing:"] + [
+            f"* {claim.key} ({regime.title}): " + ", ".join(f"`{n}`" for n in missing)
+            for claim, regime, missing in waiting
+        ]
+    return lines
+
+
+def _verdict_tables(judgements: Sequence[Judgement]) -> list[str]:
+    """The rules in a sentence, the claim × regime grid, and each verdict's evidence."""
+    return [
         (
             f"Comparable: dev losses within {LOSS_TOLERANCE} nats in every seed (seed by "
             f"seed); unstable: diverged, or the smoothed loss rose {SPIKE_NATS} nats, in some "
@@ -179,16 +200,10 @@ def _claims_section(results: Mapping[str, Trials], judgements: Sequence[Judgemen
             ],
         ),
     ]
-    waiting = unjudged(results)
-    if waiting:
-        lines += ["", "Not judged, runs missing:"] + [
-            f"* {claim.key} ({regime.title}): " + ", ".join(f"`{n}`" for n in missing)
-            for claim, regime, missing in waiting
-        ]
-    return lines
 
 
 def _header(results: Mapping[str, Trials], scale: Scale, seeds: Sequence[int]) -> list[str]:
+    """What was run, how the figures are computed, and the code that made the runs."""
     code = next(iter(results.values()))[0].key["code"] if results else None
     made_by = f" Made by code with source sha256 `{code['source sha256'][:12]}`." if code else ""
     return [

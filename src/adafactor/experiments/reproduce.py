@@ -64,6 +64,7 @@ def select_runs(
 
 
 def _put(progress_queue: Any, steps: int) -> None:
+    """Report steps from a worker process (a module-level function: it must pickle)."""
     progress_queue.put(steps)
 
 
@@ -122,7 +123,7 @@ def _serially(
                 result: RunResult | BaseException = run_and_save(
                     config, config.at_scale(scale), seed, data_paths[name], runs_dir, bar.update
                 )
-            except Exception as error:  # noqa: BLE001  (reported, the other runs go on)
+            except Exception as error:  # reported; the other runs go on
                 result = error
             finished((name, seed), result)
     finally:
@@ -140,6 +141,7 @@ def _prepare(runs: Sequence[str], scale: Scale, out: Path) -> dict[str, Path]:
 
 
 def _label(task: Task, seeds: Sequence[int]) -> str:
+    """A task as printed: the seed only when there are several."""
     name, seed = task
     return name if len(seeds) == 1 else f"{name} (seed {seed})"
 

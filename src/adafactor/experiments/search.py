@@ -63,6 +63,7 @@ def selected_regime(results: Mapping[str, Trials]) -> Regime | None:
 
 
 def _differences(screen: Screen) -> str:
+    """No warm-up minus warm-up, seed by seed."""
     values = differences(screen.nowarmup, screen.warmup).values()
     return ", ".join(f"{d:+.3f}" if math.isfinite(d) else "diverged" for d in values)
 
@@ -82,6 +83,7 @@ SEARCH_HEADER = (
 
 
 def _row(screen: Screen, scale: Scale) -> list[str]:
+    """One regime's row of ``SEARCH_HEADER``."""
     run_scale = screen.regime.at_scale(scale)
     warmup, nowarmup = screen.warmup, screen.nowarmup
     return [

@@ -99,6 +99,7 @@ def worse(a: Trials, b: Trials, tolerance: float) -> Tri:
 
 
 def negation(x: Tri) -> Tri:
+    """Three-valued "not": undecided stays undecided."""
     return None if x is None else not x
 
 
@@ -114,11 +115,8 @@ def peak_rms_ratio_at_least(a: Trials, b: Trials, factor: float) -> Tri:
     """Whether ``a``'s peak RMS(U_t) is at least ``factor`` times ``b``'s in every seed both ran
     (True), in none of them (False), else undecided; seeds without a peak are left out."""
     theirs = {run.seed: run.peak_update_rms for run in b}
-    ratios = [
-        run.peak_update_rms / theirs[run.seed]
-        for run in a
-        if run.peak_update_rms is not None and theirs.get(run.seed)
-    ]
+    pairs = [(run.peak_update_rms, theirs.get(run.seed)) for run in a]
+    ratios = [mine / other for mine, other in pairs if mine is not None and other]
     if not ratios:
         return None
     if all(r >= factor for r in ratios):
@@ -145,6 +143,7 @@ def describe_difference(a: Trials, b: Trials) -> str:
 
 
 def _signed(x: float) -> str:
+    """One seed's difference, or which of the two diverged."""
     if math.isnan(x):
         return "both diverged"
     if math.isinf(x):
