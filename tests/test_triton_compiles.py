@@ -24,18 +24,18 @@ def _schedule(on: bool) -> dict[str, bool]:
 
 
 def _cases(on: bool) -> list:
-    from adafactor.kernels import triton as kernels
+    from adafactor.kernels import triton_apply, triton_sums
 
     schedule = _schedule(on)
     apply = {"STEP_MOMENTUM": not on, "MAXIMIZE": on, "STOCHASTIC_ROUNDING": on}
     return [
-        (kernels._sums_tiles, TILE),
-        (kernels._sums_tensors, TENSOR),
-        (kernels._statistics, {**schedule, **TENSOR}),
-        (kernels._update_sums_tiles, {**schedule, **TILE}),
-        (kernels._update_sums_tensors, TENSOR),
+        (triton_sums.sums_tiles, TILE),
+        (triton_sums.sums_tensors, TENSOR),
+        (triton_sums.statistics, {**schedule, **TENSOR}),
+        (triton_sums.update_sums_tiles, {**schedule, **TILE}),
+        (triton_sums.update_sums_tensors, TENSOR),
         (
-            kernels._apply_scalars,
+            triton_apply.apply_scalars,
             {
                 **schedule,
                 "SCALE_PARAMETER": on,
@@ -44,8 +44,8 @@ def _cases(on: bool) -> list:
                 **TENSOR,
             },
         ),
-        (kernels._apply_tiles, {**schedule, **apply, **TILE}),
-        (kernels._commit, TENSOR),
+        (triton_apply.apply_tiles, {**schedule, **apply, **TILE}),
+        (triton_apply.commit, TENSOR),
     ]
 
 

@@ -1,5 +1,6 @@
 """Group-level kernels: a parameter group's step as a few calls over all of its tensors, a C
-kernel on CPU (``cpu.py``) and Triton kernels on CUDA (``triton.py``), walking the tables of
+kernel on CPU (``cpu.py``) and Triton kernels on CUDA (``triton.py`` and its kernel modules),
+walking the tables of
 ``plan.py``. They compute what ``phases.py`` defines, and are tested against it and against
 ``adafactor.reference``.
 """

@@ -1,0 +1,206 @@
+"""Device functions that every Triton kernel of the group step shares: the tables' columns as
+compile-time constants, a tensor read and written in its own dtype (chosen at run time from
+the descriptor table), values rounded as the state stores them, and each tensor's schedules.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .plan import HP, Field, Tile
+
+TILE_SUMS = 6  # per tile: Σ(X·2^32)², Σ(X·2^−32)², Σ R_{t−1}/n, Σ U², non-finite count
+
+# The tables' columns as compile-time constants of the kernels.
+# The tables' columns as compile-time constants of the kernels.
+NF: tl.constexpr = tl.constexpr(len(Field))
+NT: tl.constexpr = tl.constexpr(len(Tile))
+F_PARAM: tl.constexpr = tl.constexpr(Field.PARAM)
+F_GRAD: tl.constexpr = tl.constexpr(Field.GRAD)
+F_STAT_A: tl.constexpr = tl.constexpr(Field.STAT_A)
+F_STAT_B: tl.constexpr = tl.constexpr(Field.STAT_B)
+F_MOMENTUM: tl.constexpr = tl.constexpr(Field.MOMENTUM)
+F_STEP: tl.constexpr = tl.constexpr(Field.STEP)
+F_SKIPS: tl.constexpr = tl.constexpr(Field.SKIPS)
+F_FACTORED: tl.constexpr = tl.constexpr(Field.FACTORED)
+F_PARAM_DTYPE: tl.constexpr = tl.constexpr(Field.PARAM_DTYPE)
+F_MOMENTUM_DTYPE: tl.constexpr = tl.constexpr(Field.MOMENTUM_DTYPE)
+F_N: tl.constexpr = tl.constexpr(Field.N)
+F_B: tl.constexpr = tl.constexpr(Field.B)
+F_M: tl.constexpr = tl.constexpr(Field.M)
+F_C: tl.constexpr = tl.constexpr(Field.C)
+F_WHOLE_NUMEL: tl.constexpr = tl.constexpr(Field.WHOLE_NUMEL)
+F_WHOLE_N: tl.constexpr = tl.constexpr(Field.WHOLE_N)
+F_WHOLE_M: tl.constexpr = tl.constexpr(Field.WHOLE_M)
+F_PER_SLICE: tl.constexpr = tl.constexpr(Field.PER_SLICE)
+F_ROW: tl.constexpr = tl.constexpr(Field.ROW)
+F_COL: tl.constexpr = tl.constexpr(Field.COL)
+F_PARAM_SQ: tl.constexpr = tl.constexpr(Field.PARAM_SQ)
+F_TOTAL: tl.constexpr = tl.constexpr(Field.TOTAL)
+F_OLD_ROW_MEAN: tl.constexpr = tl.constexpr(Field.OLD_ROW_MEAN)
+F_SUM_SQ_U: tl.constexpr = tl.constexpr(Field.SUM_SQ_U)
+F_NONFINITE: tl.constexpr = tl.constexpr(Field.NONFINITE)
+F_ALPHA: tl.constexpr = tl.constexpr(Field.ALPHA)
+F_UPDATE_RMS: tl.constexpr = tl.constexpr(Field.UPDATE_RMS)
+F_FINITE: tl.constexpr = tl.constexpr(Field.FINITE)
+F_FIRST_TILE: tl.constexpr = tl.constexpr(Field.FIRST_TILE)
+F_TILES: tl.constexpr = tl.constexpr(Field.TILES)
+F_ROW_TILES: tl.constexpr = tl.constexpr(Field.ROW_TILES)
+F_COL_TILES: tl.constexpr = tl.constexpr(Field.COL_TILES)
+F_ROW_PARTS: tl.constexpr = tl.constexpr(Field.ROW_PARTS)
+F_COL_PARTS: tl.constexpr = tl.constexpr(Field.COL_PARTS)
+F_SLICES: tl.constexpr = tl.constexpr(Field.SLICES)
+F_RMS_GROUPS: tl.constexpr = tl.constexpr(Field.RMS_GROUPS)
+T_TENSOR: tl.constexpr = tl.constexpr(Tile.TENSOR)
+T_SLICE: tl.constexpr = tl.constexpr(Tile.SLICE)
+T_ROW0: tl.constexpr = tl.constexpr(Tile.ROW0)
+T_ROWS: tl.constexpr = tl.constexpr(Tile.ROWS)
+T_COL0: tl.constexpr = tl.constexpr(Tile.COL0)
+T_COLS: tl.constexpr = tl.constexpr(Tile.COLS)
+T_ROW_TILE: tl.constexpr = tl.constexpr(Tile.ROW_TILE)
+T_COL_TILE: tl.constexpr = tl.constexpr(Tile.COL_TILE)
+H_LR: tl.constexpr = tl.constexpr(HP.LR)
+H_EPS1: tl.constexpr = tl.constexpr(HP.EPS1)
+H_EPS2: tl.constexpr = tl.constexpr(HP.EPS2)
+H_CLIP: tl.constexpr = tl.constexpr(HP.CLIP_THRESHOLD)
+H_DECAY_RATE: tl.constexpr = tl.constexpr(HP.DECAY_RATE)
+H_BETA2_CAP: tl.constexpr = tl.constexpr(HP.BETA2_CAP)
+H_DECAY_OFFSET: tl.constexpr = tl.constexpr(HP.DECAY_OFFSET)
+H_BETA1: tl.constexpr = tl.constexpr(HP.BETA1)
+H_BETA2: tl.constexpr = tl.constexpr(HP.BETA2)
+H_WEIGHT_DECAY: tl.constexpr = tl.constexpr(HP.WEIGHT_DECAY)
+S_UP: tl.constexpr = tl.constexpr(0)
+S_DOWN: tl.constexpr = tl.constexpr(1)
+S_OLD: tl.constexpr = tl.constexpr(2)
+S_SU: tl.constexpr = tl.constexpr(3)
+S_NF: tl.constexpr = tl.constexpr(4)
+S_FIELDS: tl.constexpr = tl.constexpr(TILE_SUMS)
+
+
+# --- Reading and writing the group's tensors --------------------------------------------------
+
+
+@triton.jit
+def load_f32(addr, offs, mask, code):
+    """Elements ``offs`` of the tensor at address ``addr`` of dtype ``code``, as float32."""
+    if code == 0:
+        x = tl.load(addr.to(tl.pointer_type(tl.float32)) + offs, mask=mask, other=0.0)
+    elif code == 1:
+        x = tl.load(addr.to(tl.pointer_type(tl.bfloat16)) + offs, mask=mask, other=0.0)
+        x = x.to(tl.float32)
+    else:
+        x = tl.load(addr.to(tl.pointer_type(tl.float16)) + offs, mask=mask, other=0.0)
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def round_bf16(x):
+    """float32 ``x`` rounded to the nearest bfloat16 (ties to even), as float32: done on the
+    bits, so that the result is torch's on every Triton (the interpreter's cast truncates)."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def store_as(addr, offs, x, mask, code):
+    """Store float32 ``x`` as dtype ``code``, rounded to nearest even."""
+    if code == 0:
+        tl.store(addr.to(tl.pointer_type(tl.float32)) + offs, x, mask=mask)
+    elif code == 1:
+        y = round_bf16(x).to(tl.bfloat16)  # exact: the value is a bfloat16 already
+        tl.store(addr.to(tl.pointer_type(tl.bfloat16)) + offs, y, mask=mask)
+    else:
+        tl.store(addr.to(tl.pointer_type(tl.float16)) + offs, x.to(tl.float16), mask=mask)
+
+
+@triton.jit
+def as_stored(x, code):
+    """``x`` as a state of dtype ``code`` keeps it (phases.stored)."""
+    if code == 1:
+        x = round_bf16(x)
+    elif code == 2:
+        x = x.to(tl.float16).to(tl.float32)
+    return x
+
+
+@triton.jit
+def f32_pointer(addr):
+    return addr.to(tl.pointer_type(tl.float32))
+
+
+@triton.jit
+def nonfinite(x):
+    """1.0 where ``x`` is NaN or infinite (x − x is 0 only for finite x), else 0.0."""
+    return tl.where((x - x) != 0.0, 1.0, 0.0)
+
+
+@triton.jit
+def power(x, y):
+    """``x^y`` for x ≥ 0 (``x^0 = 1``)."""
+    return tl.where(y == 0.0, 1.0, tl.exp2(y * tl.log2(x)))
+
+
+@triton.jit
+def lerp(start, end, w):
+    """torch.lerp's formula."""
+    return tl.where(w < 0.5, start + w * (end - start), end - (end - start) * (1.0 - w))
+
+
+@triton.jit
+def schedules(
+    d,
+    hp,
+    RELATIVE: tl.constexpr,
+    WARMUP: tl.constexpr,
+    BETA2: tl.constexpr,
+    CAP: tl.constexpr,
+    GRAD_MOMENTUM: tl.constexpr,
+):
+    """β̂2_t, ρ_t and the bias correction of the tensor with descriptor row ``d`` (schedules.py)."""
+    t = tl.load(f32_pointer(tl.load(d + F_STEP))) + 1.0
+    td = tl.maximum(t - tl.load(hp + H_DECAY_OFFSET), 1.0)
+    if BETA2:
+        b2 = tl.load(hp + H_BETA2)
+        beta2_t = b2 * (1.0 - power(b2, td - 1.0)) / (1.0 - power(b2, td))
+    else:
+        beta2_t = 1.0 - power(td, -tl.load(hp + H_DECAY_RATE))
+    if CAP:
+        beta2_t = tl.minimum(beta2_t, tl.load(hp + H_BETA2_CAP))
+    lr = tl.load(hp + H_LR)
+    if RELATIVE:
+        rho = tl.minimum(1.0 / tl.sqrt(t), lr)
+        if WARMUP:
+            rho = tl.minimum(rho, 1e-6 * t)
+    else:
+        rho = lr + 0.0 * t
+    bias = 1.0 / (1.0 - power(tl.load(hp + H_BETA1), t)) if GRAD_MOMENTUM else 1.0 + 0.0 * t
+    return beta2_t, rho, bias
+
+
+@triton.jit
+def slice_start(d, s):
+    """Where slice ``s`` of a factored tensor starts in X (rows and columns apart by the two
+    strides), in R-shaped buffers (rows apart by the third) and in C-shaped ones."""
+    n, bb, m, cc = tl.load(d + F_N), tl.load(d + F_B), tl.load(d + F_M), tl.load(d + F_C)
+    a, b, c = s // (bb * cc), (s // cc) % bb, s % cc
+    base = a * n * bb * m * cc + b * m * cc + c
+    row_base = a * n * bb * cc + b * cc + c
+    col_base = a * bb * m * cc + b * m * cc + c
+    return base, bb * m * cc, cc, row_base, bb * cc, col_base
+
+
+@triton.jit
+def step_direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM: tl.constexpr):
+    """D_t (G, or Adam's m̂_t as the state will store it) and m_t."""
+    if GRAD_MOMENTUM:
+        mcode = tl.load(d + F_MOMENTUM_DTYPE)
+        m_old = load_f32(tl.load(d + F_MOMENTUM), offs, mask, mcode)
+        m = as_stored(lerp(m_old, g, 1.0 - tl.load(hp + H_BETA1)), mcode)
+        direction = m * bias
+    else:
+        m = g
+        direction = g
+    return direction, m
