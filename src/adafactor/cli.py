@@ -104,7 +104,7 @@ def _memory(args: argparse.Namespace) -> int:
 
 
 DEMO_TIME = "about 30 seconds"
-QUICK_TIME = "about 5 minutes on 2 cores"
+QUICK_TIME = "about 4 minutes on 2 cores"
 FULL_TIME = "about 40 minutes on 2 cores"
 """Measured wall times on 2 idle cores (docs/reproduction.md has the measurements)."""
 
