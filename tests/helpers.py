@@ -162,3 +162,13 @@ option_sets = st.fixed_dictionaries(
         "maximize": st.booleans(),
     },
 )
+
+
+def step_without_host_sync(opt: torch.optim.Optimizer) -> None:
+    """One ``opt.step()`` on CUDA with every host sync raising (``set_sync_debug_mode``)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

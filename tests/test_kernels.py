@@ -23,6 +23,7 @@ from adafactor import Adafactor
 from adafactor.kernels import cpu
 from adafactor.kernels.group import PlanCache
 from adafactor.kernels.plan import Geometry
+from adafactor.presets import ADAM
 from helpers import interpreted_triton_backend, triton_interpreted, use_step_path
 
 KERNEL_PATHS = ["cpu-kernels", "triton-kernels"]
@@ -30,15 +31,7 @@ SHAPES = [(37, 29), (7,), (), (1, 5), (0, 4), (3, 8, 6), (2, 3, 5, 2)]
 FAMILIES = {
     "defaults": {},
     "momentum-step": {"beta1": 0.9, "weight_decay": 0.1},
-    "momentum-gradient-adam": {
-        "beta1": 0.9,
-        "beta2": 0.999,
-        "momentum_of": "gradient",
-        "clip_threshold": None,
-        "relative_step": False,
-        "scale_parameter": False,
-        "lr": 1e-3,
-    },
+    "momentum-gradient-adam": {**ADAM, "factored": True, "lr": 1e-3},
     "unfactored-maximize": {"factored": False, "maximize": True, "weight_decay": 0.01},
     "last-dims-per-slice": {
         "factor_dims": "last",

@@ -299,6 +299,16 @@ static void sums_tile(const int64_t *tile, const int64_t *desc, float *sums, flo
     tile_sums[1] = old_rows;
 }
 
+/* out[i·stride] = Σ_p part[p·count + i] over the `parts` tiles' partial sums, in tile order
+   (so that a step is deterministic whatever the thread count). */
+static void add_parts(const float *part, int64_t parts, int64_t count, float *out, int64_t stride) {
+    for (int64_t i = 0; i < count; i++) {
+        float acc = 0.0f;
+        for (int64_t p = 0; p < parts; p++) acc += part[p * count + i];
+        out[i * stride] = acc;
+    }
+}
+
 /* The row, col, param_sq, total and old_row_mean of one tensor from its tiles' partials,
  * each added up in a fixed order. */
 static void sums_tensor(Tensor x, const int64_t *tiles, float *sums, const float *scratch,
@@ -326,22 +336,12 @@ static void sums_tensor(Tensor x, const int64_t *tiles, float *sums, const float
     }
     for (int64_t s = 0; s < slices; s++) {
         Slice sl = slice_of(x, s);
-        if (col_tiles > 1) {
-            const float *part = scratch + D(x, F_ROW_PARTS) + s * col_tiles * n;
-            for (int64_t i = 0; i < n; i++) {
-                float acc = 0.0f;
-                for (int64_t ct = 0; ct < col_tiles; ct++) acc += part[ct * n + i];
-                row[sl.row_base + i * sl.row_stride_r] = acc;
-            }
-        }
-        if (row_tiles > 1) {
-            const float *part = scratch + D(x, F_COL_PARTS) + s * row_tiles * m;
-            for (int64_t j = 0; j < m; j++) {
-                float acc = 0.0f;
-                for (int64_t rt = 0; rt < row_tiles; rt++) acc += part[rt * m + j];
-                col[sl.col_base + j * sl.col_stride_c] = acc;
-            }
-        }
+        if (col_tiles > 1)
+            add_parts(scratch + D(x, F_ROW_PARTS) + s * col_tiles * n, col_tiles, n,
+                      row + sl.row_base, sl.row_stride_r);
+        if (row_tiles > 1)
+            add_parts(scratch + D(x, F_COL_PARTS) + s * row_tiles * m, row_tiles, m,
+                      col + sl.col_base, sl.col_stride_c);
         double total = 0.0;
         for (int64_t i = 0; i < n; i++) total += row[sl.row_base + i * sl.row_stride_r];
         sums[D(x, F_TOTAL) + s] = (float)total;

@@ -229,38 +229,30 @@ def statistics(
         slices, n, m = tl.load(d + F_SLICES), tl.load(d + F_N), tl.load(d + F_M)
         old_row, old_col = f32_pointer(tl.load(d + F_STAT_A)), f32_pointer(tl.load(d + F_STAT_B))
         row, col = sums + tl.load(d + F_ROW), sums + tl.load(d + F_COL)
-        lanes = tl.arange(0, BLOCK)
-        for k in range(j * BLOCK, slices * n, SPLIT * BLOCK):
-            idx = k + lanes
-            mask = idx < slices * n
-            r = lerp(
-                tl.load(old_row + idx, mask=mask, other=0.0),
-                (numel / wm) * tl.load(row + idx, mask=mask, other=0.0) + eps1,
-                w,
-            )
-            tl.store(row + idx, r, mask=mask)
-            bad += tl.where(mask, nonfinite(r), 0.0)
-        for k in range(j * BLOCK, slices * m, SPLIT * BLOCK):
-            idx = k + lanes
-            mask = idx < slices * m
-            c = lerp(
-                tl.load(old_col + idx, mask=mask, other=0.0),
-                (numel / wn) * tl.load(col + idx, mask=mask, other=0.0) + eps1,
-                w,
-            )
-            tl.store(col + idx, c, mask=mask)
-            bad += tl.where(mask, nonfinite(c), 0.0)
         total, old_mean = sums + tl.load(d + F_TOTAL), sums + tl.load(d + F_OLD_ROW_MEAN)
-        for k in range(j * BLOCK, slices, SPLIT * BLOCK):
-            idx = k + lanes
-            mask = idx < slices
-            mean = lerp(
-                tl.load(old_mean + idx, mask=mask, other=0.0),
-                (numel / (wn * wm)) * tl.load(total + idx, mask=mask, other=0.0) + eps1,
-                w,
-            )
-            tl.store(total + idx, mean, mask=mask)
+        bad += _statistic(old_row, row, slices * n, numel / wm, eps1, w, j, BLOCK, SPLIT)
+        bad += _statistic(old_col, col, slices * m, numel / wn, eps1, w, j, BLOCK, SPLIT)
+        _statistic(old_mean, total, slices, numel / (wn * wm), eps1, w, j, BLOCK, SPLIT)
     tl.store(partials + i * SPLIT + j, tl.sum(bad, axis=0))
+
+
+@triton.jit
+def _statistic(old, sums, count, scale, eps1, w, j, BLOCK: tl.constexpr, SPLIT: tl.constexpr):
+    """``lerp(old, scale·sums + ε1, 1 − β̂2_t)`` in place of ``sums`` for this program's share of
+    ``count`` entries (equations.second_moment_statistic); per lane, how many are not finite."""
+    lanes = tl.arange(0, BLOCK)
+    bad = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(j * BLOCK, count, SPLIT * BLOCK):
+        idx = k + lanes
+        mask = idx < count
+        v = lerp(
+            tl.load(old + idx, mask=mask, other=0.0),
+            scale * tl.load(sums + idx, mask=mask, other=0.0) + eps1,
+            w,
+        )
+        tl.store(sums + idx, v, mask=mask)
+        bad += tl.where(mask, nonfinite(v), 0.0)
+    return bad
 
 
 @triton.jit
