@@ -43,6 +43,22 @@ class LocalSum(NamedTuple):
     dims: tuple[int, ...]
 
 
+def summed_dims(
+    dims: tuple[int, int] | None, ndim: int, per_slice: bool
+) -> dict[str, tuple[int, ...]]:
+    """The parameter dims that each of one tensor's partial sums adds over (``dims`` its
+    factored pair, or ``None``): Σ X² and Σ U_t² over every dim, or over the factored pair
+    with ``rms_per_slice``; the count of non-finite values over every dim; R's sums over the
+    columns, C's over the rows, their total and mean_r(R_{t−1}) as their names say."""
+    every = tuple(range(ndim))
+    rms = dims if per_slice and dims is not None else every
+    out = {"param_sq": rms, "sum_sq_u": rms, "nonfinite": every}
+    if dims is not None:
+        r, c = dims
+        out |= {"row": (c,), "col": (r,), "total": (r, c), "old_row_mean": (r,)}
+    return out
+
+
 def is_distributed(tensor: Tensor | None) -> TypeGuard[DTensor]:
     """Whether ``tensor`` is a DTensor (a piece of a tensor split across processes)."""
     return DTensor is not None and isinstance(tensor, DTensor)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .distributed import LocalSum
+from .distributed import LocalSum, summed_dims
 from .kernels import group as kernel_group
 from .kernels.group import PlanCache, takes
 from .options import Hyperparameters
@@ -151,24 +151,16 @@ def group_step(
     return [next(kernel_results) if c else next(eager_results) for c in chosen]
 
 
-def _rms_dims(t: TensorStep) -> tuple[int, ...]:
-    """The parameter's dims that one RMS sums over: the factored pair per slice, or all."""
-    if t.size.per_slice and t.dims is not None:
-        return t.dims
-    return tuple(range(t.ndim))
-
-
 def statistics_local_sums(t: TensorStep, sums: FactoredSums | FullSums) -> list[LocalSum]:
     """Phase 1's partial sums, each with the dims of the parameter it sums over."""
-    local = [LocalSum(sums.param_sq, t.key, _rms_dims(t))]
+    dims = summed_dims(t.dims, t.ndim, t.size.per_slice)
+    local = [LocalSum(sums.param_sq, t.key, dims["param_sq"])]
     if isinstance(sums, FactoredSums):
-        assert t.dims is not None
-        r, c = t.dims
         local += [
-            LocalSum(sums.row_sq, t.key, (c,)),
-            LocalSum(sums.col_sq, t.key, (r,)),
-            LocalSum(sums.total_sq, t.key, (r, c)),
-            LocalSum(sums.old_row_mean, t.key, (r,)),
+            LocalSum(sums.row_sq, t.key, dims["row"]),
+            LocalSum(sums.col_sq, t.key, dims["col"]),
+            LocalSum(sums.total_sq, t.key, dims["total"]),
+            LocalSum(sums.old_row_mean, t.key, dims["old_row_mean"]),
         ]
     return local
 
@@ -177,7 +169,8 @@ def update_local_sums(
     t: TensorStep, statistics: FactoredStatistics | FullStatistics
 ) -> list[LocalSum]:
     """Phase 2's partial sums, each with the dims of the parameter it sums over."""
+    dims = summed_dims(t.dims, t.ndim, t.size.per_slice)
     return [
-        LocalSum(statistics.nonfinite, t.key, tuple(range(t.ndim))),
-        LocalSum(statistics.sum_sq_u, t.key, _rms_dims(t)),
+        LocalSum(statistics.nonfinite, t.key, dims["nonfinite"]),
+        LocalSum(statistics.sum_sq_u, t.key, dims["sum_sq_u"]),
     ]

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from ..distributed import LocalSum
+from ..distributed import LocalSum, summed_dims
 from ..options import Hyperparameters
 from ..phases import Applied, Size, TensorState
 from ..tiling import canonical
@@ -241,20 +241,6 @@ def _local_sums(run: KernelRun, names: Sequence[str]) -> list[LocalSum]:
     sums = run.backend.sums_of(run.buffers)
     out = []
     for t, layout in zip(run.steps, run.plan.layouts):
-        every = tuple(range(t.ndim))
-        rms = t.dims if layout.per_slice and t.dims is not None else every
-        r, c = t.dims if t.dims is not None else (0, 0)
-        dims = {
-            "param_sq": rms,
-            "row": (c,),
-            "col": (r,),
-            "total": (r, c),
-            "old_row_mean": (r,),
-            "nonfinite": every,
-            "sum_sq_u": rms,
-        }
-        for name in names:
-            if name in ("row", "col", "total", "old_row_mean") and not layout.factored:
-                continue
-            out.append(LocalSum(layout.view(sums, name), t.key, dims[name]))
+        dims = summed_dims(t.dims, t.ndim, layout.per_slice)
+        out += [LocalSum(layout.view(sums, n), t.key, dims[n]) for n in names if n in dims]
     return out
