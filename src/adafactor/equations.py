@@ -26,6 +26,8 @@ on data. Functions return new tensors unless they say "in place".
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -135,6 +137,14 @@ def two_scale_rms(sums_sq: Tensor, count: int) -> Tensor:
     along dim 0: the scaled-up one where it is finite, else the scaled-down one."""
     up, down = rms(sums_sq, count).unbind()
     return torch.where(up.isfinite(), up / PARAM_SCALES[0], down / PARAM_SCALES[1])
+
+
+def lr_is_finite(lr: Number) -> Tensor | bool:
+    """Guards the parameters against a Tensor ``lr`` that became NaN or infinite mid-run (its
+    value is not read on the host, which would wait for the device): the step is then skipped
+    and counted as a non-finite one, on every path, rather than writing NaN into the weights
+    or reading NaN as "no cap". A number ``lr`` was checked where it was set."""
+    return lr.isfinite() if isinstance(lr, Tensor) else math.isfinite(lr)
 
 
 def count_nonfinite(x: Tensor) -> Tensor:

@@ -59,6 +59,11 @@ def col_shape(shape: torch.Size | tuple[int, ...], dims: tuple[int, int]) -> tup
     return tuple(1 if i == dims[0] else n for i, n in enumerate(shape))
 
 
+PARAM_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+"""The dtypes a parameter, and its gradient, may have: float8 and other narrow formats have no
+arithmetic of their own in torch, so no path could step them."""
+
+
 def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
     """Statistics and math run in float32 for 16-bit parameters, else in the parameter's dtype."""
     return torch.float32 if param_dtype in (torch.float16, torch.bfloat16) else param_dtype

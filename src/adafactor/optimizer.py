@@ -17,16 +17,9 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
-from .factoring import StateSpec, factored_dims, state_dtype, state_layout
+from .factoring import PARAM_DTYPES, StateSpec, factored_dims, state_dtype, state_layout
 from .kernels import backend_for
-from .kernels.group import (
-    PlanCache,
-    kernel_step,
-    parameter_members,
-    parameter_signature,
-    takes_parameter,
-)
-from .kernels.group import applied as kernel_applied
+from .kernels.group import PlanCache
 from .options import (
     DEFAULTS,
     OPTIONS,
@@ -145,8 +138,10 @@ class Adafactor(Optimizer):
                     "is complex; Adafactor supports real floating-point parameters only "
                     "(optimize torch.view_as_real(p) instead)"
                 )
-            elif not p.is_floating_point():
-                problem = f"has dtype {p.dtype}; Adafactor needs floating-point parameters"
+            elif p.dtype not in PARAM_DTYPES:
+                problem = f"has dtype {p.dtype}; {_SUPPORTED_DTYPES}"
+            elif _overlaps(p):
+                problem = _OVERLAPS
             if problem:
                 self.param_groups.pop()
                 raise ValueError(f"{what} {problem}")
@@ -173,49 +168,36 @@ class Adafactor(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        for g_index, group, params in self._gather():
-            options = Hyperparameters.from_group(group)
-            fast = None
-            if params:
-                backend = backend_for(group["fused"], local(params[0]).device)
-                if backend is not None:
-                    fast = FastPath(backend, self._plans.setdefault(g_index, PlanCache()), options)
+        work = self._gather()
+        # Every group's way of stepping is settled before any group steps, so that a group
+        # whose kernels cannot be had (fused=True) raises before anything changes.
+        paths = [self._fast_path(g_index, group, params) for g_index, group, params in work]
+        for _, group, params in work:
             for p in params:
                 state = self.state[p]
                 if not state:
                     state.update(
                         {k: zeros_like_state(p, s) for k, s in self.layout(p, group).items()}
                     )
+        for (_, group, params), (fast, options) in zip(work, paths):
             distributed = any(map(is_distributed, params))
-            if (
-                fast is not None
-                and not distributed
-                and all(takes_parameter(fast.backend, p, group["momentum_dtype"]) for p in params)
-            ):
-                applied = self._kernel_step(fast, group, params)
-            else:
-                applied = self._tensor_steps(fast, group, params, options, distributed)
+            applied = self._tensor_steps(fast, group, params, options, distributed)
             if group["diagnostics"]:
                 for p, result in zip(params, applied):
                     self._record(p, result, group)
         return loss
 
-    def _kernel_step(
-        self, fast: FastPath, group: Mapping[str, Any], params: list[Tensor]
-    ) -> list[Applied]:
-        """A group whose every tensor the kernels take as it is: its plan checked against the
-        tensors' pointers and the kernels run, with no per-tensor views."""
-        states = [self.state[p] for p in params]
-        per_slice = group["rms_per_slice"]
-        plan = fast.cache.plan_for(
-            parameter_signature(params, states, per_slice),
-            lambda: parameter_members(params, states, [_dims(p, group) for p in params], per_slice),
-            [p.grad for p in params if p.grad is not None],
-            params[0].device,
-            fast.backend.GEOMETRY,
-        )
-        run = kernel_step(fast.backend, fast.cache, plan, fast.hp)
-        return kernel_applied(run) if group["diagnostics"] else []
+    def _fast_path(
+        self, g_index: int, group: Mapping[str, Any], params: list[Tensor]
+    ) -> tuple[FastPath | None, Hyperparameters]:
+        """The group kernels a group steps with (``None``: eagerly), and its options."""
+        options = Hyperparameters.from_group(group)
+        if not params:
+            return None, options
+        backend = backend_for(group["fused"], local(params[0]).device)
+        if backend is None:
+            return None, options
+        return FastPath(backend, self._plans.setdefault(g_index, PlanCache()), options), options
 
     def _tensor_steps(
         self,
@@ -287,8 +269,15 @@ class Adafactor(Optimizer):
                 grad = p.grad
                 if grad is None:
                     continue
-                if grad.is_sparse or grad.is_complex() or grad.shape != p.shape:
+                if (
+                    grad.is_sparse
+                    or grad.dtype not in PARAM_DTYPES
+                    or p.dtype not in PARAM_DTYPES
+                    or grad.shape != p.shape
+                ):
                     _refuse_gradient(describe(group, g_index, p_index, p), p, grad)
+                if _overlaps(p):
+                    raise ValueError(f"{describe(group, g_index, p_index, p)} {_OVERLAPS}")
                 if is_distributed(p) or is_distributed(grad):
                     check_placements(p, describe(group, g_index, p_index, p))
                 state = self.state.get(p)
@@ -300,15 +289,21 @@ class Adafactor(Optimizer):
                             (state, key, spec.dtype)
                             for key, spec in layout.items()
                             if state[key].dtype != spec.dtype
+                            or not local(state[key]).is_contiguous()
                         ]
                 params.append(p)
                 if group["nonfinite_grad"] == "raise":
-                    raising.append((describe(group, g_index, p_index, p), p))
+                    what = describe(group, g_index, p_index, p)
+                    raising += [(f"gradient in {what}", grad), (f"values in {what} itself", p)]
+            if params and group["nonfinite_grad"] == "raise" and isinstance(group["lr"], Tensor):
+                raising.append((f"lr of param_groups[{g_index}]", group["lr"]))
             work.append((g_index, group, params))
         if raising:
             _raise_on_nonfinite(raising)
         for state, key, dtype in converting:
-            state[key] = state[key].to(dtype)
+            # Contiguous too: the steps view state as the parameter's canonical shape (a
+            # transposed tensor from a converted checkpoint would be read in the wrong order).
+            state[key] = state[key].to(dtype).contiguous()
         return work
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -346,9 +341,27 @@ class Adafactor(Optimizer):
             p = id_map[pid]
             layout = self.layout(p, groups_by_id[pid])
             self.state[p] = {
-                key: value.to(device=p.device, dtype=layout[key].dtype, copy=True)
+                key: value.to(
+                    device=p.device,
+                    dtype=layout[key].dtype,
+                    copy=True,
+                    memory_format=torch.contiguous_format,  # the steps' canonical views need it
+                )
                 for key, value in values.items()
             }
+
+
+_SUPPORTED_DTYPES = "Adafactor steps float64, float32, bfloat16 and float16 tensors"
+_OVERLAPS = (
+    "has elements that share memory (an expanded tensor?): a step would write them several "
+    "times; give it memory of its own (p.data = p.data.contiguous())"
+)
+
+
+def _overlaps(p: Tensor) -> bool:
+    """Whether some elements of ``p`` share memory (a contiguous tensor never does)."""
+    t = local(p)
+    return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
 
 
 def _refuse_gradient(what: str, p: Tensor, grad: Tensor) -> None:
@@ -356,25 +369,25 @@ def _refuse_gradient(what: str, p: Tensor, grad: Tensor) -> None:
         raise ValueError(f"{what} has a sparse gradient; Adafactor needs dense ones")
     if grad.is_complex():
         raise ValueError(f"{what} has a complex gradient; Adafactor needs real ones")
+    if p.dtype not in PARAM_DTYPES:
+        raise ValueError(f"{what} now has dtype {p.dtype}; {_SUPPORTED_DTYPES}")
+    if grad.dtype not in PARAM_DTYPES:
+        raise ValueError(f"{what} has a gradient of dtype {grad.dtype}; {_SUPPORTED_DTYPES}")
     raise ValueError(f"{what}: gradient shape {tuple(grad.shape)} != parameter shape")
 
 
 def _raise_on_nonfinite(raising: list[tuple[str, Tensor]]) -> None:
-    """``nonfinite_grad="raise"``: a ``ValueError`` naming every parameter whose gradient or
-    value holds a NaN or an Inf (one host sync, and across processes one all-reduce)."""
-    checks = [local(t).isfinite().all() for _, p in raising for t in (p.grad, p) if t is not None]
-    finite = torch.stack(checks).cpu().view(-1, 2)
-    if any(is_distributed(p) for _, p in raising):
+    """``nonfinite_grad="raise"``: a ``ValueError`` naming every tensor of ``raising`` (what
+    it is, the tensor: gradients, parameters, a Tensor ``lr``) that holds a NaN or an Inf
+    (one host sync, and across processes one all-reduce)."""
+    checks = [local(t).isfinite().all() for _, t in raising]
+    finite = torch.stack([c.to(checks[0].device) for c in checks]).cpu()
+    if any(is_distributed(t) for _, t in raising):
         # Every process must decide alike: a NaN on any shard counts.
         finite = finite.to(torch.int32)
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if not bool(finite.all()):
-        bad = []
-        for (what, _), (grad_ok, param_ok) in zip(raising, finite.tolist()):
-            if not grad_ok:
-                bad.append(f"gradient in {what}")
-            if not param_ok:
-                bad.append(f"values in {what} itself")
+        bad = [what for (what, _), ok in zip(raising, finite.tolist()) if not ok]
         raise ValueError(f"non-finite {', non-finite '.join(bad)}; nothing was updated")
 
 

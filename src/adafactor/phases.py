@@ -35,6 +35,7 @@ from .equations import (
     clipping_divisor,
     count_nonfinite,
     inverse_sqrt_factors,
+    lr_is_finite,
     momentum,
     normalized_update,
     rms,
@@ -313,6 +314,7 @@ def apply_update(
         (statistics.nonfinite == 0)
         & statistics.sum_sq_u.isfinite().all()
         & statistics.param_sq[1].isfinite().all()
+        & lr_is_finite(hp.lr)
     )
     update_rms = rms(statistics.sum_sq_u, size.rms_count)
     step_scale = alpha_t / clipping_divisor(update_rms, hp.clip_threshold)

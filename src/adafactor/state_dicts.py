@@ -80,13 +80,16 @@ def _is_number(x: Any) -> bool:
 
 
 def fits(state: Mapping[str, Any], layout: Mapping[str, StateSpec]) -> bool:
-    """Whether ``state`` has exactly ``layout``'s keys, shapes and dtypes (the quick test a
-    step makes of every parameter; ``check_state`` says what is wrong, or converts)."""
+    """Whether ``state`` has exactly ``layout``'s keys, shapes and dtypes, each tensor
+    contiguous (the quick test a step makes of every parameter; ``check_state`` says what is
+    wrong, or the step converts)."""
     if state.keys() != layout.keys():
         return False
     for key, spec in layout.items():
         value = state[key]
         if not isinstance(value, Tensor) or value.shape != spec.shape or value.dtype != spec.dtype:
+            return False
+        if not local(value).is_contiguous():
             return False
     return True
 

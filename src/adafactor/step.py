@@ -1,8 +1,9 @@
 """A parameter group's step: every tensor through the three phases of ``phases.py``.
 
-The tensors the group kernels take (``kernels/``) step together, each phase one call for all
-of them; the others (float64, a non-contiguous parameter, or every tensor with ``fused=False``)
-step eagerly, tensor by tensor. Tensors held whole run their three phases at once. Pieces of
+This is the one route into the group kernels (``kernels/``): the tensors their admission
+rule takes (``kernels.group.admits``) step together, each phase one call for all of them; the
+others (float64, a non-contiguous parameter, or every tensor with ``fused=False``) step
+eagerly, tensor by tensor. Tensors held whole run their three phases at once. Pieces of
 tensors split across processes step phase by phase, all of them together, with their partial
 sums completed between phases by one batched reduction per phase
 (``distributed.complete_sums``). Nothing is kept between calls but the kernels' plan, which
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from .distributed import LocalSum, summed_dims
 from .kernels import group as kernel_group
-from .kernels.group import PlanCache, takes
+from .kernels.group import PlanCache, admits
 from .options import Hyperparameters
 from .phases import (
     Applied,
@@ -106,7 +107,10 @@ def group_step(
     whole (``complete`` is ``None``), or phase by phase, with ``complete`` adding up the
     partial sums of all of them between phases. What each step applied is returned if
     ``report`` (for diagnostics), else nothing."""
-    chosen = [fast is not None and takes(fast.backend, t) for t in steps]
+    chosen = [fast is not None and admits(t, fast.backend.DEVICE_TYPE) for t in steps]
+    if any(chosen):  # one plan, on one device: tensors on another step eagerly
+        device = next(t for t, c in zip(steps, chosen) if c).param.device
+        chosen = [c and t.param.device == device for t, c in zip(steps, chosen)]
     together = [t for t, c in zip(steps, chosen) if c]
     alone = [t for t, c in zip(steps, chosen) if not c]
     run = plan = None

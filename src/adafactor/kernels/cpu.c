@@ -105,9 +105,13 @@ static inline uint16_t float_to_f16(float f) { /* round to nearest even */
 #endif
 
 /* Load n elements of dtype `code` at p (every `stride` elements) as float32 into out. The
- * contiguous loops are separate, so that they vectorize. */
+ * contiguous loops are separate, so that they vectorize. Code 3, float64, is only ever read
+ * (a gradient), rounded to nearest as the eager step's .to(float32) does. */
 static void load_row(const void *p, int code, int64_t stride, int64_t n, float *restrict out) {
-    if (code == 0) {
+    if (code == 3) {
+        const double *s = (const double *)p;
+        for (int64_t j = 0; j < n; j++) out[j] = (float)s[j * stride];
+    } else if (code == 0) {
         const float *s = (const float *)p;
         if (stride == 1) memcpy(out, s, (size_t)n * 4);
         else for (int64_t j = 0; j < n; j++) out[j] = s[j * stride];
@@ -148,7 +152,7 @@ static inline void put_f32(void *p, int code, int64_t stride, int64_t n, const f
     if (!(code == 0 && stride == 1)) store_row(p, code, stride, n, v);
 }
 
-static inline int64_t elem_size(int code) { return code == 0 ? 4 : 2; }
+static inline int64_t elem_size(int code) { return code == 3 ? 8 : code == 0 ? 4 : 2; }
 
 /* Round n float32 values to dtype `code` and back, as a state of that dtype keeps them. */
 static void round_as(int code, int64_t n, float *x) {
@@ -246,7 +250,7 @@ static inline float lerp(float start, float end, float w) {
 static void sums_tile(const int64_t *tile, const int64_t *desc, float *sums, float *scratch,
                       double *tile_sums) {
     Tensor x = {desc + tile[T_TENSOR] * N_FIELDS};
-    int pcode = (int)D(x, F_PARAM_DTYPE);
+    int pcode = (int)D(x, F_PARAM_DTYPE), gcode = (int)D(x, F_GRAD_DTYPE);
     float xs[MAX_COLS], gs[MAX_COLS], colacc[MAX_COLS];
     double xsq = 0.0, old_rows = 0.0;
     int64_t row0 = tile[T_ROW0], nrows = tile[T_ROWS];
@@ -274,7 +278,7 @@ static void sums_tile(const int64_t *tile, const int64_t *desc, float *sums, flo
     for (int64_t i = row0; i < row0 + nrows; i++) {
         int64_t e = sl.base + i * sl.row_stride + col0 * sl.col_stride;
         const float *xv = as_f32((void *)at(PTR(x, F_PARAM), e, pcode), pcode, sl.col_stride, ncols, xs);
-        const float *gv = as_f32((void *)at(PTR(x, F_GRAD), e, pcode), pcode, sl.col_stride, ncols, gs);
+        const float *gv = as_f32((void *)at(PTR(x, F_GRAD), e, gcode), gcode, sl.col_stride, ncols, gs);
         float rs = 0.0f;
         double acc = 0.0;
 #pragma omp simd reduction(+ : rs, acc)
@@ -419,8 +423,8 @@ static inline Buffers *own_buffers(Buffers *all) {
 static const float *direction(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k,
                               const double *hp, const int64_t *flags, Schedule s,
                               const float **g) {
-    int pcode = (int)D(x, F_PARAM_DTYPE);
-    *g = as_f32((void *)at(PTR(x, F_GRAD), e, pcode), pcode, stride, k, b->g);
+    int gcode = (int)D(x, F_GRAD_DTYPE);
+    *g = as_f32((void *)at(PTR(x, F_GRAD), e, gcode), gcode, stride, k, b->g);
     if (!flags[FLAG_GRADIENT_MOMENTUM]) return *g;
     int mcode = (int)D(x, F_MOMENTUM_DTYPE);
     float w = 1.0f - (float)hp[HP_BETA1], bc = s.bias_correction;
@@ -529,7 +533,7 @@ static void apply_scalars(Tensor x, float *sums, const double *hp, const int64_t
     double count = D(x, F_PER_SLICE) ? (double)(D(x, F_WHOLE_N) * D(x, F_WHOLE_M)) : (double)D(x, F_WHOLE_NUMEL);
     if (count < 1.0) count = 1.0;
     const float *param_sq = sums + D(x, F_PARAM_SQ), *su = sums + D(x, F_SUM_SQ_U);
-    int finite = sums[D(x, F_NONFINITE)] == 0.0f;
+    int finite = sums[D(x, F_NONFINITE)] == 0.0f && isfinite(hp[HP_LR]); /* equations.lr_is_finite */
     for (int64_t g = 0; g < groups; g++) finite = finite && isfinite(su[g]) && isfinite(param_sq[groups + g]);
     sums[D(x, F_FINITE)] = (float)finite;
     for (int64_t g = 0; g < groups; g++) {

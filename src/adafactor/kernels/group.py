@@ -5,7 +5,7 @@ three calls, with the partial sums handed out for completion between them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,9 +14,8 @@ from torch import Tensor
 
 from ..distributed import LocalSum, summed_dims
 from ..options import Hyperparameters
-from ..phases import Applied, Size, TensorState
-from ..tiling import canonical
-from .plan import DTYPE_CODES, Field, Geometry, Member, Plan, build_plan
+from ..phases import Applied
+from .plan import DTYPE_CODES, GRAD_CODES, Field, Geometry, Member, Plan, build_plan
 
 
 class Backend(Protocol):
@@ -33,18 +32,35 @@ class Backend(Protocol):
     def sums_of(self, buffers: Any) -> Tensor: ...
 
 
-def takes(backend: Backend, step: Any) -> bool:
-    """Whether ``backend`` can step this tensor: a contiguous float32, bfloat16 or float16
-    parameter on its device, whose state is float32 (momentum in one of those dtypes); the
-    others (float64, a non-contiguous parameter, another device) step eagerly in the same
-    group step."""
-    momentum = step.state.momentum
+def admits(step: Any, device_type: str) -> bool:
+    """The admission rule of the group kernels, one for both backends (C on CPU, Triton on
+    CUDA: each reads and writes every tensor through a raw pointer in its own dtype, element
+    by element from its start): a ``step.TensorStep`` is theirs only when every
+    tensor it touches is on ``device_type``'s device, contiguous and aligned to its element,
+    the parameter (and momentum) float32, bfloat16 or float16, the gradient one of those or
+    float64 (each read in its own dtype), and the statistics and their math float32. Any other
+    tensor steps eagerly in the same group step; nothing is refused."""
+    state = step.state
+    tensors = [step.param, step.grad, state.step, state.nonfinite_skips, *state.second_moment]
+    if state.momentum is not None:
+        if state.momentum.dtype not in DTYPE_CODES:
+            return False
+        tensors.append(state.momentum)
     return (
-        step.param.device.type == backend.DEVICE_TYPE
-        and step.write_back is None
-        and step.param.dtype in DTYPE_CODES
+        step.write_back is None  # a non-contiguous parameter: its contiguous copy steps eagerly
         and step.dtype == torch.float32
-        and (momentum is None or momentum.dtype in DTYPE_CODES)
+        and step.param.dtype in DTYPE_CODES
+        and step.grad.dtype in GRAD_CODES
+        and state.step.dtype == torch.float32
+        and state.nonfinite_skips.dtype == torch.int64
+        and all(v.dtype == torch.float32 for v in state.second_moment)
+        and all(
+            x.device.type == device_type
+            and x.device == step.param.device
+            and x.is_contiguous()
+            and x.data_ptr() % x.element_size() == 0
+            for x in tensors
+        )
     )
 
 
@@ -56,7 +72,7 @@ def step_signature(steps: Sequence[Any]) -> tuple[Any, ...]:
         state = t.state
         second = state.second_moment
         tensors = (t.param, *second, state.step, state.nonfinite_skips, state.momentum)
-        parts.append((t.param.shape, t.param.dtype, t.dims, t.size, t.grad.shape))
+        parts.append((t.param.shape, t.param.dtype, t.dims, t.size, t.grad.shape, t.grad.dtype))
         parts.extend(x.data_ptr() if x is not None else 0 for x in tensors)
     return tuple(parts)
 
@@ -67,61 +83,6 @@ def step_members(steps: Sequence[Any]) -> list[Member]:
         Member(t.param, t.grad, t.state, t.dims, t.size.numel, t.size.n, t.size.m, t.size.per_slice)
         for t in steps
     ]
-
-
-def takes_parameter(backend: Backend, p: Tensor, momentum_dtype: torch.dtype | None) -> bool:
-    """Whether ``backend`` takes ``p`` as it is (the cheap test of the optimizer's fast
-    path, which then needs no per-tensor views): a contiguous float32, bfloat16 or float16
-    parameter and gradient on its device, momentum (if any) in one of those dtypes."""
-    grad = p.grad
-    return (
-        p.device.type == backend.DEVICE_TYPE
-        and p.dtype in DTYPE_CODES
-        and grad is not None
-        and p.is_contiguous()
-        and grad.is_contiguous()
-        and (momentum_dtype is None or momentum_dtype in DTYPE_CODES)
-    )
-
-
-def parameter_signature(
-    params: Sequence[Tensor], states: Sequence[Mapping[str, Tensor]], rms_per_slice: bool
-) -> tuple[Any, ...]:
-    """What the plan of whole parameters depends on: every parameter's storage, shape and
-    dtype, its state's storages, and whether RMS is per slice."""
-    parts: list[Any] = [rms_per_slice]
-    for p, state in zip(params, states):
-        parts.append(p.data_ptr())
-        parts.append(p.shape)
-        parts.append(p.dtype)
-        parts.extend(v.data_ptr() for v in state.values())
-    return tuple(parts)
-
-
-def parameter_members(
-    params: Sequence[Tensor],
-    states: Sequence[Mapping[str, Tensor]],
-    dims: Sequence[tuple[int, int] | None],
-    rms_per_slice: bool,
-) -> list[Member]:
-    """The plan's members for whole parameters (their ``canonical`` views)."""
-    members = []
-    for p, state, pair in zip(params, states, dims):
-        assert p.grad is not None
-        size = Size.of(p.shape, pair, rms_per_slice)
-        members.append(
-            Member(
-                canonical(p, pair),
-                canonical(p.grad, pair),
-                TensorState.of(state, pair),
-                pair,
-                size.numel,
-                size.n,
-                size.m,
-                size.per_slice,
-            )
-        )
-    return members
 
 
 class PlanCache:

@@ -74,6 +74,7 @@ class Field(IntEnum):
     COL_PARTS = 34  # and column sums
     SLICES = 35
     RMS_GROUPS = 36  # how many RMS values: S per slice, 1 per tensor
+    GRAD_DTYPE = 37  # GRAD_CODES: a gradient is read in its own dtype
 
 
 class Tile(IntEnum):
@@ -91,6 +92,9 @@ class Tile(IntEnum):
 
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 """The dtypes the kernels read and write (statistics are float32)."""
+GRAD_CODES = {**DTYPE_CODES, torch.float64: 3}
+"""The dtypes the kernels read a gradient in (torch lets it differ from its parameter's); a
+float64 one is rounded to float32 as it is read, as the eager step rounds it."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +298,7 @@ def build_plan(members: Sequence[Member], geometry: Geometry, device: torch.devi
                 col_parts,
                 slices,
                 slices if layout.per_slice else 1,
+                GRAD_CODES[member.grad.dtype],
             ]
         )
     host = torch.tensor(rows, dtype=torch.int64).reshape(len(members), len(Field))

@@ -13,6 +13,7 @@ from .triton_lanes import (
     F_FACTORED,
     F_FINITE,
     F_GRAD,
+    F_GRAD_DTYPE,
     F_M,
     F_MOMENTUM,
     F_MOMENTUM_DTYPE,
@@ -126,6 +127,7 @@ def apply_scalars(
             x = tl.load(psq + groups + g, mask=mask, other=0.0)
             bad += tl.where(mask, tl.maximum(nonfinite(u), nonfinite(x)), 0.0)
         finite = (tl.sum(bad, axis=0) == 0.0) & (tl.load(sums + tl.load(d + F_NONFINITE)) == 0.0)
+        finite = finite & (nonfinite(tl.load(hp + H_LR)) == 0.0)  # equations.lr_is_finite
         tl.store(sums + tl.load(d + F_FINITE), tl.where(finite, 1.0, 0.0))
 
 
@@ -150,7 +152,7 @@ def _apply_block(
 ):
     """X_t = X − (step + decay·X) for a block of elements, with momentum and a full V̂ stored."""
     pcode = tl.load(d + F_PARAM_DTYPE)
-    g = load_f32(tl.load(d + F_GRAD), offs, mask, pcode)
+    g = load_f32(tl.load(d + F_GRAD), offs, mask, tl.load(d + F_GRAD_DTYPE))
     direction, m = step_direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM)
     if GRAD_MOMENTUM:
         store_as(tl.load(d + F_MOMENTUM), offs, m, mask, tl.load(d + F_MOMENTUM_DTYPE))

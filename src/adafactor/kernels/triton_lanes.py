@@ -13,7 +13,6 @@ from .plan import HP, Field, Tile
 TILE_SUMS = 6  # per tile: Σ(X·2^32)², Σ(X·2^−32)², Σ R_{t−1}/n, Σ U², non-finite count
 
 # The tables' columns as compile-time constants of the kernels.
-# The tables' columns as compile-time constants of the kernels.
 NF: tl.constexpr = tl.constexpr(len(Field))
 NT: tl.constexpr = tl.constexpr(len(Tile))
 F_PARAM: tl.constexpr = tl.constexpr(Field.PARAM)
@@ -25,6 +24,7 @@ F_STEP: tl.constexpr = tl.constexpr(Field.STEP)
 F_SKIPS: tl.constexpr = tl.constexpr(Field.SKIPS)
 F_FACTORED: tl.constexpr = tl.constexpr(Field.FACTORED)
 F_PARAM_DTYPE: tl.constexpr = tl.constexpr(Field.PARAM_DTYPE)
+F_GRAD_DTYPE: tl.constexpr = tl.constexpr(Field.GRAD_DTYPE)
 F_MOMENTUM_DTYPE: tl.constexpr = tl.constexpr(Field.MOMENTUM_DTYPE)
 F_N: tl.constexpr = tl.constexpr(Field.N)
 F_B: tl.constexpr = tl.constexpr(Field.B)
@@ -83,8 +83,12 @@ S_FIELDS: tl.constexpr = tl.constexpr(TILE_SUMS)
 
 @triton.jit
 def load_f32(addr, offs, mask, code):
-    """Elements ``offs`` of the tensor at address ``addr`` of dtype ``code``, as float32."""
-    if code == 0:
+    """Elements ``offs`` of the tensor at address ``addr`` of dtype ``code``, as float32 (code
+    3, float64, only for gradients: rounded to nearest, as the eager step's ``.to``)."""
+    if code == 3:
+        x = tl.load(addr.to(tl.pointer_type(tl.float64)) + offs, mask=mask, other=0.0)
+        x = x.to(tl.float32)
+    elif code == 0:
         x = tl.load(addr.to(tl.pointer_type(tl.float32)) + offs, mask=mask, other=0.0)
     elif code == 1:
         x = tl.load(addr.to(tl.pointer_type(tl.bfloat16)) + offs, mask=mask, other=0.0)

@@ -16,6 +16,7 @@ from .triton_lanes import (
     F_FACTORED,
     F_FIRST_TILE,
     F_GRAD,
+    F_GRAD_DTYPE,
     F_M,
     F_N,
     F_NONFINITE,
@@ -71,7 +72,7 @@ def sums_tiles(desc, tiles, sums, scratch, tile_sums, BLOCK_C: tl.constexpr, ROW
     k = tl.program_id(0).to(tl.int64)
     tile = tiles + k * NT
     d = desc + tl.load(tile + T_TENSOR) * NF
-    pcode = tl.load(d + F_PARAM_DTYPE)
+    pcode, gcode = tl.load(d + F_PARAM_DTYPE), tl.load(d + F_GRAD_DTYPE)
     x_at, g_at = tl.load(d + F_PARAM), tl.load(d + F_GRAD)
     row0, nrows = tl.load(tile + T_ROW0), tl.load(tile + T_ROWS)
     up = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
@@ -104,7 +105,7 @@ def sums_tiles(desc, tiles, sums, scratch, tile_sums, BLOCK_C: tl.constexpr, ROW
             mask = row_mask[:, None] & col_mask[None, :]
             offs = base + rows[:, None].to(tl.int64) * rs + (col0 + cols)[None, :] * cs
             x = load_f32(x_at, offs, mask, pcode)
-            g = load_f32(g_at, offs, mask, pcode) * scale
+            g = load_f32(g_at, offs, mask, gcode) * scale
             g2 = g * g
             up += (x * 4294967296.0) * (x * 4294967296.0)
             down += (x * 2.3283064365386963e-10) * (x * 2.3283064365386963e-10)
@@ -274,7 +275,7 @@ def update_sums_tiles(
     k = tl.program_id(0).to(tl.int64)
     tile = tiles + k * NT
     d = desc + tl.load(tile + T_TENSOR) * NF
-    pcode = tl.load(d + F_PARAM_DTYPE)
+    gcode = tl.load(d + F_GRAD_DTYPE)
     g_at = tl.load(d + F_GRAD)
     beta2_t, _rho, bias = schedules(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
     row0, nrows = tl.load(tile + T_ROW0), tl.load(tile + T_ROWS)
@@ -287,7 +288,7 @@ def update_sums_tiles(
         for e in range(row0, row0 + nrows, ROWS * BLOCK_C):
             offs = e + lane
             mask = offs < row0 + nrows
-            g = load_f32(g_at, offs, mask, pcode)
+            g = load_f32(g_at, offs, mask, gcode)
             direction, _ = step_direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM)
             v = lerp(tl.load(v_old + offs, mask=mask, other=1.0), g * g + eps1, w)
             bad += tl.where(mask, nonfinite(v), 0.0)
@@ -314,7 +315,7 @@ def update_sums_tiles(
                 tl.load(sums + tl.load(d + F_ROW) + row_base + rows * rsr, mask=row_mask, other=1.0)
                 / mean
             )
-            g = load_f32(g_at, offs, mask, pcode)
+            g = load_f32(g_at, offs, mask, gcode)
             direction, _m = step_direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM)
             u = tl.where(mask, direction * rf[:, None] * cf[None, :], 0.0)
             su += u * u
