@@ -351,7 +351,9 @@ class Adafactor(Optimizer):
             }
 
 
-_SUPPORTED_DTYPES = "Adafactor steps float64, float32, bfloat16 and float16 tensors"
+_SUPPORTED_DTYPES = (
+    "Adafactor steps floating-point tensors of float64, float32, bfloat16 or float16"
+)
 _OVERLAPS = (
     "has elements that share memory (an expanded tensor?): a step would write them several "
     "times; give it memory of its own (p.data = p.data.contiguous())"
