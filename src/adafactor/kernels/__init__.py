@@ -14,18 +14,56 @@ from types import ModuleType
 
 import torch
 
+from .errors import KernelBuildError, KernelBuildWarning
+
 log = logging.getLogger("adafactor")
 
+EAGER_COST = "the same results up to rounding, about 3.5–7× slower per step on CPU"
+"""What stepping eagerly instead of with the CPU kernels costs: the eager step's time over the
+kernels' in docs/benchmarks.md on the sets of 16.8 M parameters and more (fp32 3.5–4.9×, bf16
+3.9–7.1×); 14× on the 0.4 M of demo-char, where the eager step's cost per tensor dominates."""
 
-@functools.cache
+_outcomes: dict[str, ModuleType | KernelBuildError | None] = {}
+"""Each device type's kernels as found on first use in this process: the backend module, None
+(none can run here), or why they cannot be built or loaded, which is not tried again (a failed
+build costs a compiler run). ``reset()`` clears it."""
+
+
 def _backend(device_type: str) -> ModuleType | None:
-    """The kernels for ``device_type`` if they can run here (built on first use), else None."""
+    """The kernels for ``device_type`` if they can run here (built or loaded on first use),
+    else None.
+
+    Raises:
+        KernelBuildError: they should run here but cannot be built or loaded (found once per
+            process, then raised again without another try).
+    """
+    if device_type not in _outcomes:
+        try:
+            _outcomes[device_type] = _find(device_type)
+        except KernelBuildError as error:
+            _outcomes[device_type] = error.with_traceback(None)
+    outcome = _outcomes[device_type]
+    if isinstance(outcome, KernelBuildError):
+        raise KernelBuildError(*outcome.args)  # a new one: raising one again grows its traceback
+    return outcome
+
+
+# tests/test_kernels.py clears the memo as it did when _backend was a functools.cache.
+_backend.cache_clear = _outcomes.clear  # type: ignore[attr-defined]
+
+
+def _find(device_type: str) -> ModuleType | None:
     if device_type == "cpu":
         from . import cpu
 
-        if not cpu.available():
-            return None
-        cpu.library()  # build now, so that a failure is seen here, before anything changes
+        try:
+            cpu.library()  # build or load now, so that a failure is seen here, before any change
+        except KernelBuildError:
+            raise
+        except Exception as error:  # whatever else goes wrong, a step can still run eagerly
+            raise KernelBuildError(
+                f"setting up the CPU kernels failed: {type(error).__name__}: {error}"
+            ) from error
         return cpu
     if device_type == "cuda":
         try:
@@ -39,19 +77,28 @@ def _backend(device_type: str) -> ModuleType | None:
 def backend_for(setting: bool | None, device: torch.device) -> ModuleType | None:
     """The kernels a group on ``device`` steps with under its ``fused`` option: ``None`` for
     the eager step (``fused=False``, no kernels for the device, or while ``torch.compile``
-    traces the step, where the eager step is what it can trace).
+    traces the step, where the eager step is what it can trace). Where the CPU kernels cannot
+    be built or loaded, ``fused=None`` steps eagerly after one ``KernelBuildWarning`` per
+    process saying why.
 
     Raises:
-        RuntimeError: ``fused=True`` and no kernels can run on ``device`` (why, in the message).
+        RuntimeError: ``fused=True`` and no kernels can run on ``device`` (why, in the message;
+            a ``KernelBuildError`` where they cannot be built or loaded).
     """
+    # Before anything else: tracing must not reach the memo or a build.
     if setting is False or torch.compiler.is_compiling():
         return None
     try:
         backend = _backend(device.type)
-    except RuntimeError as error:  # a failed build
+    except KernelBuildError as error:
         if setting:
-            raise
-        _warn_once(f"adafactor: the group kernels cannot be built, stepping eagerly: {error}")
+            raise KernelBuildError(
+                f"fused=True: {error}; fused=None steps eagerly instead"
+            ) from None
+        _warn_once(
+            f"adafactor: the group kernels cannot be built, stepping eagerly ({EAGER_COST}): "
+            f"{error}"
+        )
         return None
     if backend is None and setting:
         raise RuntimeError(
@@ -61,6 +108,17 @@ def backend_for(setting: bool | None, device: torch.device) -> ModuleType | None
     return backend
 
 
-@functools.cache
+def reset() -> None:
+    """Forget which kernels each device type steps with, and the warnings said, so that the
+    next step looks again (builds, loads, warns): for tests, e.g. under another
+    ``ADAFACTOR_CACHE_DIR``."""
+    from . import cpu
+
+    _outcomes.clear()
+    _warn_once.cache_clear()
+    cpu.library.cache_clear()
+
+
+@functools.cache  # once per process and message; never reached while tracing (backend_for)
 def _warn_once(message: str) -> None:
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, KernelBuildWarning, stacklevel=3)
