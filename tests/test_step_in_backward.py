@@ -11,7 +11,6 @@ from torch import nn
 
 from adafactor import Adafactor
 from adafactor.presets import ADAM
-from helpers import use_step_path
 
 FAMILIES = {
     "defaults": {},
@@ -114,7 +113,7 @@ def assert_same_run(a: tuple[Net, Adafactor], b: tuple[Net, Adafactor]) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_step_in_backward_is_the_ordinary_step_bit_for_bit(monkeypatch, step_path, family):
+def test_the_step_in_backward_is_the_ordinary_step_bit_for_bit(step_path, family):
     steps = 2 if step_path == "triton-kernels" else 4  # the interpreter is slow
     ordinary = train(False, FAMILIES[family], steps=steps)
     in_backward = train(True, FAMILIES[family], steps=steps)
@@ -293,7 +292,7 @@ def test_one_trainer_and_kohya_protocols_step_as_the_ordinary_mode(step_path):
             for i, p in enumerate(group["params"]):
                 if p.requires_grad:
 
-                    def hook(t, group=group, i=i):
+                    def hook(t, group=group, i=i, opt=opt, method=method):
                         if method == "step_parameter":
                             opt.step_parameter(t, group, i)
                         else:
