@@ -479,7 +479,8 @@ class Adafactor(Optimizer):
                 key = (g_index, "some")
             work.append((key, group, params))
         if raising:
-            _raise_on_nonfinite(raising)
+            # In backward, parameters whose gradients completed earlier have stepped already.
+            _raise_on_nonfinite(raising, "nothing was updated" if only is None else _NOT_UPDATED)
         for state, key, dtype in converting:
             # Contiguous too: the steps view state as the parameter's canonical shape (a
             # transposed tensor from a converted checkpoint would be read in the wrong order).
@@ -546,6 +547,12 @@ def _overlaps(p: Tensor) -> bool:
     return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
 
 
+_NOT_UPDATED = (
+    "it was not updated (parameters whose gradients were complete earlier in this backward "
+    "pass have stepped)"
+)
+
+
 def _check_accumulation_steps(k: Any) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"accumulation_steps={k!r} is invalid: must be an integer >= 1")
@@ -563,7 +570,7 @@ def _refuse_gradient(what: str, p: Tensor, grad: Tensor) -> None:
     raise ValueError(f"{what}: gradient shape {tuple(grad.shape)} != parameter shape")
 
 
-def _raise_on_nonfinite(raising: list[tuple[str, Tensor]]) -> None:
+def _raise_on_nonfinite(raising: list[tuple[str, Tensor]], outcome: str) -> None:
     """``nonfinite_grad="raise"``: a ``ValueError`` naming every tensor of ``raising`` (what
     it is, the tensor: gradients, parameters, a Tensor ``lr``) that holds a NaN or an Inf
     (one host sync, and across processes one all-reduce)."""
@@ -575,7 +582,7 @@ def _raise_on_nonfinite(raising: list[tuple[str, Tensor]]) -> None:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if not bool(finite.all()):
         bad = [what for (what, _), ok in zip(raising, finite.tolist()) if not ok]
-        raise ValueError(f"non-finite {', non-finite '.join(bad)}; nothing was updated")
+        raise ValueError(f"non-finite {', non-finite '.join(bad)}; {outcome}")
 
 
 def _dims(p: Tensor, group: Mapping[str, Any]) -> tuple[int, int] | None:
