@@ -95,6 +95,40 @@ def fsdp2_matches_single_process(rank: int, tmp: Path) -> None:
         assert int(w1_state["step"]) == STEPS
 
 
+def fsdp2_in_backward_matches_single_process(rank: int, tmp: Path) -> None:
+    # The hooks run on the sharded gradient after FSDP2's reduce-scatter; the sums that span
+    # shards are completed there, the same on every rank.
+    from torch.distributed.fsdp import fully_shard
+
+    for options in OPTIONS:
+        for fused in (False, None):
+            model = Net()
+            fully_shard(model)
+            opt = Adafactor(model.parameters(), **options, fused=fused, step_in_backward=True)
+            for step in range(STEPS):
+                x, y = batch(step)
+                ((model(x) - y) ** 2).mean().backward()
+                assert all(p.grad is None for p in model.parameters())
+                opt.step()
+            expected = single_process(options, range(STEPS))
+            for name, p in model.named_parameters():
+                torch.testing.assert_close(full(p.detach()), expected[name], rtol=1e-5, atol=1e-6)
+            assert int(opt.state[model.w1]["step"]) == STEPS
+
+
+def ddp_in_backward_is_refused(rank: int, tmp: Path) -> None:
+    model = Net()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    try:
+        Adafactor(ddp.parameters(), step_in_backward=True)
+    except ValueError as error:
+        assert "DistributedDataParallel" in str(error) and "fully_shard" in str(error)
+    else:
+        raise AssertionError("step_in_backward=True was accepted for a DDP model")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
 def tensor_parallel_columns_match(rank: int, tmp: Path) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
@@ -237,6 +271,14 @@ def test_tensor_parallel_matches_single_process(tmp_path):
 
 def test_stacked_shards_match_single_process(tmp_path):
     spawn(stacked_shards_match, tmp_path)
+
+
+def test_fsdp2_in_backward_matches_single_process(tmp_path):
+    spawn(fsdp2_in_backward_matches_single_process, tmp_path)
+
+
+def test_ddp_in_backward_is_refused(tmp_path):
+    spawn(ddp_in_backward_is_refused, tmp_path)
 
 
 def test_ddp_keeps_ranks_identical(tmp_path):

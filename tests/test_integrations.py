@@ -149,3 +149,36 @@ def test_a_scheduler_drives_the_absolute_step_size():
         manual.step()
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3])
     torch.testing.assert_close(p, q.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_trainer_steps_in_backward_exactly_as_it_steps_after(accumulation):
+    # The Trainer's gradient_accumulation_steps = our accumulation_steps; its global clipping
+    # off in both runs (it sees no gradients in backward mode).
+    pytest.importorskip("transformers")
+    module = example("trainer_tiny")
+    runs = [
+        module.main(
+            max_steps=3, step_in_backward=mode, accumulation=accumulation, max_grad_norm=0.0
+        )
+        for mode in (False, True)
+    ]
+    ordinary, in_backward = (r.model for r in runs)
+    for p, q in zip(ordinary.parameters(), in_backward.parameters()):
+        assert torch.equal(p, q)
+        assert q.grad is None
+    losses = [[e["loss"] for e in r.state.log_history if "loss" in e] for r in runs]
+    assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_lightning_steps_in_backward_exactly_as_it_steps_after(accumulation):
+    pytest.importorskip("lightning")
+    module = example("lightning_tiny")
+    ordinary, in_backward = (
+        module.main(max_steps=6, step_in_backward=mode, accumulation=accumulation)
+        for mode in (False, True)
+    )
+    assert in_backward.losses == ordinary.losses and len(ordinary.losses) == 6 * accumulation
+    for p, q in zip(ordinary.parameters(), in_backward.parameters()):
+        assert torch.equal(p, q)

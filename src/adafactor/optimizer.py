@@ -18,6 +18,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
 from .factoring import PARAM_DTYPES, StateSpec, factored_dims, state_dtype, state_layout
+from .in_backward import InBackward
 from .kernels import backend_for
 from .kernels.group import PlanCache
 from .options import (
@@ -102,21 +103,98 @@ class Adafactor(Optimizer):
         fused: bool | None = None,
         diagnostics: bool = False,
         nonfinite_grad: NonfiniteGrad = "skip",
+        step_in_backward: bool = False,
+        accumulation_steps: int = 1,
     ) -> None:
         arguments = locals()
-        defaults = {name: arguments[name] for name in DEFAULTS}  # the signature is OPTIONS'
+        defaults = {name: arguments[name] for name in DEFAULTS}  # the options are OPTIONS'
         if isinstance(eps, list):
             defaults["eps"] = tuple(eps)
         validate_options(defaults)
         check_tensor_lr_value(lr, "Adafactor")
+        _check_accumulation_steps(accumulation_steps)
+        if not isinstance(step_in_backward, bool):
+            raise ValueError(f"step_in_backward={step_in_backward!r} must be True or False")
+        if accumulation_steps != 1 and not step_in_backward:
+            raise ValueError(
+                f"accumulation_steps={accumulation_steps} counts micro-batches for "
+                "step_in_backward=True; without it, call step() once every "
+                f"{accumulation_steps} backward passes"
+            )
+        self._in_backward: InBackward | None = None
+        self._where: dict[int, tuple[int, int]] = {}  # id(p) → (group, index in group)
         super().__init__(params, defaults)
         self.diagnostics: dict[Tensor, dict[str, Tensor]] = {}
-        self._plans: dict[int, PlanCache] = {}  # the group kernels' tables, per group
+        self._plans: dict[Any, PlanCache] = {}  # the group kernels' tables, per group
+        self._accumulation_steps = accumulation_steps
+        self.step_in_backward = step_in_backward
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("diagnostics", {})
         self.__dict__.setdefault("_plans", {})
+        self.__dict__.setdefault("_accumulation_steps", 1)
+        self._in_backward = None  # hooks are not pickled: a copy steps in step()
+        self._where = {
+            id(p): (g, i)
+            for g, group in enumerate(self.param_groups)
+            for i, p in enumerate(group["params"])
+        }
+
+    @property
+    def step_in_backward(self) -> bool:
+        """Whether each parameter steps inside the backward pass, as soon as its gradient is
+        complete, its gradient then freed (``docs/step_in_backward.md``). Setting it to
+        ``False`` removes the hooks: ``step()`` steps every parameter again."""
+        return self._in_backward is not None
+
+    @step_in_backward.setter
+    def step_in_backward(self, on: bool) -> None:
+        params = [p for group in self.param_groups for p in group["params"]]
+        if on and self._in_backward is None:
+            for p in params:
+                self._refuse_in_backward(p)
+            hooks = InBackward(self, self._step_and_free, self._holding, self._accumulation_steps)
+            hooks.attach(params, self._describe)
+            self._in_backward = hooks
+        elif not on and self._in_backward is not None:
+            self._in_backward.detach(params)
+            self._in_backward = None
+
+    @property
+    def accumulation_steps(self) -> int:
+        """With ``step_in_backward``, the number of backward passes (micro-batches) whose
+        gradients add up to one step: parameters step in the last one of each window."""
+        return self._accumulation_steps
+
+    @accumulation_steps.setter
+    def accumulation_steps(self, k: int) -> None:
+        _check_accumulation_steps(k)
+        self._accumulation_steps = k
+        if self._in_backward is not None:
+            self._in_backward.accumulation_steps = k
+            self._in_backward.restart_window()
+
+    def _describe(self, p: Tensor) -> str:
+        g_index, p_index = self._where[id(p)]
+        return describe(self.param_groups[g_index], g_index, p_index, p)
+
+    def _refuse_in_backward(self, p: Tensor) -> None:
+        """Raise for a parameter whose gradient is not complete when its hook runs: one
+        replicated across processes (DDP averages gradients after the hooks)."""
+        if (
+            not is_distributed(p)
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
+            raise ValueError(
+                f"{self._describe(p)} is not sharded, and step_in_backward=True steps it from "
+                "its own process's gradient: DistributedDataParallel averages gradients only "
+                "after the hooks run. Shard the model with FSDP2 (torch.distributed.fsdp."
+                "fully_shard), whose hooks run on the reduced gradient, or use "
+                "step_in_backward=False"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its options are validated, and its parameters must be real tensors."""
@@ -146,6 +224,19 @@ class Adafactor(Optimizer):
                 self.param_groups.pop()
                 raise ValueError(f"{what} {problem}")
             seen.add(id(p))
+        g_index = len(self.param_groups) - 1
+        if self._in_backward is not None:
+            try:
+                for p in group["params"]:
+                    self._where[id(p)] = (g_index, 0)  # for messages while checking
+                    self._refuse_in_backward(p)
+                self._in_backward.attach(group["params"], self._describe)
+            except ValueError:
+                self.param_groups.pop()
+                for p in group["params"]:
+                    self._where.pop(id(p), None)
+                raise
+        self._where.update({id(p): (g_index, i) for i, p in enumerate(group["params"])})
 
     @staticmethod
     def layout(param: Tensor, group: Mapping[str, Any]) -> dict[str, StateSpec]:
@@ -160,18 +251,89 @@ class Adafactor(Optimizer):
             momentum_dtype=group["momentum_dtype"],
         )
 
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        # torch.amp.GradScaler then hands itself to step() rather than unscaling first: in
+        # backward mode the hooks have stepped before it could, which step() refuses.
+        return self._in_backward is not None
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Make one optimization step; ``closure`` (re-evaluating the loss) runs with grad on."""
+        """Make one optimization step; ``closure`` (re-evaluating the loss) runs with grad on.
+        With ``step_in_backward``, the hooks have stepped every parameter already: this steps
+        those still holding a gradient (none after a full window) and starts a new window."""
+        if getattr(self, "grad_scale", None) is not None:  # set by GradScaler.step
+            raise RuntimeError(
+                "torch.amp.GradScaler cannot drive step_in_backward=True: each parameter "
+                "stepped inside backward() from its scaled gradient, before the scaler could "
+                "unscale it or skip the step on an overflow, and the statistics now hold the "
+                "scale (restore the last checkpoint). Train in bfloat16 (autocast, no scaler), "
+                "or use step_in_backward=False"
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._in_backward is not None:
+            self._step_and_free(self._holding())
+            self._in_backward.restart_window()
+            return loss
+        self._step_selected(None)
+        return loss
 
-        work = self._gather()
+    def step_parameter(
+        self, p: Tensor, group: Mapping[str, Any] | None = None, i: Any = None
+    ) -> None:
+        """Step one parameter now, from the gradient it holds (nothing if none): exactly the
+        update ``step()`` would make to it. The protocol of OneTrainer's fused back pass
+        (which frees the gradient itself); ``group`` and ``i`` are accepted and checked
+        against where ``p`` is."""
+        where = self._where.get(id(p))
+        if where is None or self.param_groups[where[0]]["params"][where[1]] is not p:
+            raise ValueError("step_parameter: the tensor is not a parameter of this optimizer")
+        if group is not None and group is not self.param_groups[where[0]]:
+            raise ValueError(f"step_parameter: {self._describe(p)} is not in the group given")
+        if p.grad is not None:
+            with torch.no_grad():
+                self._step_selected([p])
+
+    def step_param(self, p: Tensor, group: Mapping[str, Any] | None = None) -> None:
+        """``step_parameter`` under the name kohya's sd-scripts call (``step_param(p, group)``)."""
+        self.step_parameter(p, group)
+
+    @staticmethod
+    def supports_fused_back_pass() -> bool:
+        """Whether this optimizer can step one parameter at a time (``step_parameter``)."""
+        return True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As ``torch.optim.Optimizer.zero_grad``; with ``step_in_backward`` it also starts a
+        new window of ``accumulation_steps`` micro-batches."""
+        super().zero_grad(set_to_none)
+        if self._in_backward is not None:
+            self._in_backward.restart_window()
+
+    def _holding(self) -> list[Tensor]:
+        """The parameters that hold a gradient."""
+        return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+
+    @torch.no_grad()
+    def _step_and_free(self, params: list[Tensor]) -> None:
+        """Step ``params`` (each holding its gradient), then free their gradients."""
+        if not params:
+            return
+        for p in params:
+            self._refuse_in_backward(p)
+        self._step_selected(params)
+        for p in params:
+            p.grad = None
+
+    def _step_selected(self, only: list[Tensor] | None) -> None:
+        """Step every parameter that holds a gradient, or those of ``only``."""
+        work = self._gather(only)
         # Every group's way of stepping is settled before any group steps, so that a group
         # whose kernels cannot be had (fused=True) raises before anything changes.
-        paths = [self._fast_path(g_index, group, params) for g_index, group, params in work]
+        paths = [self._fast_path(key, group, params) for key, group, params in work]
         for _, group, params in work:
             for p in params:
                 state = self.state[p]
@@ -185,19 +347,19 @@ class Adafactor(Optimizer):
             if group["diagnostics"]:
                 for p, result in zip(params, applied):
                     self._record(p, result, group)
-        return loss
 
     def _fast_path(
-        self, g_index: int, group: Mapping[str, Any], params: list[Tensor]
+        self, key: Any, group: Mapping[str, Any], params: list[Tensor]
     ) -> tuple[FastPath | None, Hyperparameters]:
-        """The group kernels a group steps with (``None``: eagerly), and its options."""
+        """The group kernels a group steps with (``None``: eagerly), and its options; ``key``
+        names the plan kept for this selection of its parameters."""
         options = Hyperparameters.from_group(group)
         if not params:
             return None, options
         backend = backend_for(group["fused"], local(params[0]).device)
         if backend is None:
             return None, options
-        return FastPath(backend, self._plans.setdefault(g_index, PlanCache()), options), options
+        return FastPath(backend, self._plans.setdefault(key, PlanCache()), options), options
 
     def _tensor_steps(
         self,
@@ -251,21 +413,33 @@ class Adafactor(Optimizer):
                 applied.finite & (record["update_rms"] > group["clip_threshold"])
             )
 
-    def _gather(self) -> list[tuple[int, dict[str, Any], list[Tensor]]]:
-        """The parameters to update, group by group, after checking every one of them, so that
-        a bad gradient or stale state raises before any parameter or state changes. State
-        whose dtype no longer fits its parameter's (``model.double()``) is converted then."""
+    def _gather(
+        self, only: list[Tensor] | None = None
+    ) -> list[tuple[Any, dict[str, Any], list[Tensor]]]:
+        """The parameters to update (all that hold a gradient, or those of ``only``), group by
+        group with the key of their plan, after checking every one of them, so that a bad
+        gradient or stale state raises before any parameter or state changes. State whose
+        dtype or layout no longer fits (``model.double()``, a transposed checkpoint) is
+        converted then."""
         work = []
         raising = []
         converting = []
+        selected: dict[int, list[int]] = {}
+        for p in only or []:
+            g_index, p_index = self._where[id(p)]
+            selected.setdefault(g_index, []).append(p_index)
         for g_index, group in enumerate(self.param_groups):
+            if only is not None and g_index not in selected:
+                continue
             # Options can change after construction (schedulers write into groups). While
             # torch.compile traces the step, a scheduled lr is a symbolic number that host-side
             # checks cannot read: the eager steps check it.
             if not torch.compiler.is_compiling():
                 validate_options(group, where=f"param_groups[{g_index}]")
             params = []
-            for p_index, p in enumerate(group["params"]):
+            indices = range(len(group["params"])) if only is None else selected[g_index]
+            for p_index in indices:
+                p = group["params"][p_index]
                 grad = p.grad
                 if grad is None:
                     continue
@@ -297,9 +471,16 @@ class Adafactor(Optimizer):
                     raising += [(f"gradient in {what}", grad), (f"values in {what} itself", p)]
             if params and group["nonfinite_grad"] == "raise" and isinstance(group["lr"], Tensor):
                 raising.append((f"lr of param_groups[{g_index}]", group["lr"]))
-            work.append((g_index, group, params))
+            if only is None:
+                key: Any = g_index
+            elif len(indices) == 1:
+                key = (g_index, indices[0])  # a hook's: one plan per parameter
+            else:
+                key = (g_index, "some")
+            work.append((key, group, params))
         if raising:
-            _raise_on_nonfinite(raising)
+            # In backward, parameters whose gradients completed earlier have stepped already.
+            _raise_on_nonfinite(raising, "nothing was updated" if only is None else _NOT_UPDATED)
         for state, key, dtype in converting:
             # Contiguous too: the steps view state as the parameter's canonical shape (a
             # transposed tensor from a converted checkpoint would be read in the wrong order).
@@ -366,6 +547,17 @@ def _overlaps(p: Tensor) -> bool:
     return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
 
 
+_NOT_UPDATED = (
+    "it was not updated (parameters whose gradients were complete earlier in this backward "
+    "pass have stepped)"
+)
+
+
+def _check_accumulation_steps(k: Any) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"accumulation_steps={k!r} is invalid: must be an integer >= 1")
+
+
 def _refuse_gradient(what: str, p: Tensor, grad: Tensor) -> None:
     if grad.is_sparse:
         raise ValueError(f"{what} has a sparse gradient; Adafactor needs dense ones")
@@ -378,7 +570,7 @@ def _refuse_gradient(what: str, p: Tensor, grad: Tensor) -> None:
     raise ValueError(f"{what}: gradient shape {tuple(grad.shape)} != parameter shape")
 
 
-def _raise_on_nonfinite(raising: list[tuple[str, Tensor]]) -> None:
+def _raise_on_nonfinite(raising: list[tuple[str, Tensor]], outcome: str) -> None:
     """``nonfinite_grad="raise"``: a ``ValueError`` naming every tensor of ``raising`` (what
     it is, the tensor: gradients, parameters, a Tensor ``lr``) that holds a NaN or an Inf
     (one host sync, and across processes one all-reduce)."""
@@ -390,7 +582,7 @@ def _raise_on_nonfinite(raising: list[tuple[str, Tensor]]) -> None:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if not bool(finite.all()):
         bad = [what for (what, _), ok in zip(raising, finite.tolist()) if not ok]
-        raise ValueError(f"non-finite {', non-finite '.join(bad)}; nothing was updated")
+        raise ValueError(f"non-finite {', non-finite '.join(bad)}; {outcome}")
 
 
 def _dims(p: Tensor, group: Mapping[str, Any]) -> tuple[int, int] | None:
