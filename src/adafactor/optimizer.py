@@ -34,7 +34,7 @@ from .options import (
 )
 from .phases import Applied
 from .state_dicts import check_loadable, check_state, describe, fits, normalized_state_dict
-from .step import FastPath, group_step, tensor_step
+from .step import Entry, FastPath, group_step
 
 _DOC = r"""Adafactor (Shazeer & Stern, ICML 2018), faithful to the paper by default.
 
@@ -371,19 +371,21 @@ class Adafactor(Optimizer):
     ) -> list[Applied]:
         """A group through per-tensor steps: the eager ones, the kernels for the tensors they
         take, the partial sums of distributed tensors completed between phases."""
-        steps = []
+        entries = []
         hps: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
         for p in params:
             dtype = state_dtype(p.dtype)
             where = (local(p).device, dtype)
             if where not in hps:
                 hps[where] = options.as_tensors(*where)
-            assert p.grad is not None  # _gather keeps only parameters with a gradient
-            steps.append(
-                tensor_step(
+            grad = p.grad
+            assert grad is not None  # _gather keeps only parameters with a gradient
+            state = self.state[p]
+            entries.append(
+                Entry(
                     local(p),
-                    local(p.grad),
-                    {k: local(v) for k, v in self.state[p].items()},
+                    local(grad).contiguous(),
+                    {k: local(v) for k, v in state.items()} if distributed else state,
                     hps[where],
                     _dims(p, group),
                     p.shape,
@@ -392,7 +394,7 @@ class Adafactor(Optimizer):
                 )
             )
         return group_step(
-            steps, complete_sums if distributed else None, fast, report=group["diagnostics"]
+            entries, complete_sums if distributed else None, fast, report=group["diagnostics"]
         )
 
     def _record(self, p: Tensor, applied: Applied, group: Mapping[str, Any]) -> None:

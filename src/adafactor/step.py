@@ -42,12 +42,27 @@ CompleteSums = Callable[[Sequence[LocalSum]], None]
 """Completes partial sums in place (an all-reduce over the processes that hold pieces)."""
 
 
+class Entry(NamedTuple):
+    """One parameter's part in a group step, as the optimizer hands it over (cheap to make:
+    no views): ``param``, ``grad`` (contiguous) and ``state`` are the tensors this process
+    holds (the local shard of a distributed parameter); ``shape`` and ``dims`` (the factored
+    pair, or ``None``) are the whole parameter's; ``key`` is the parameter that names its
+    partial sums; ``dtype`` the dtype of its statistics and math."""
+
+    param: Tensor
+    grad: Tensor
+    state: Mapping[str, Tensor]
+    hp: Hyperparameters
+    dims: tuple[int, int] | None
+    shape: Sequence[int]
+    key: Tensor
+    dtype: torch.dtype
+
+
 class TensorStep(NamedTuple):
-    """One tensor's part in a step: ``param``, ``grad`` and ``state`` are ``canonical`` views of
-    what this process holds (the local shard of a distributed parameter); ``size`` and ``dims``
-    (the factored pair, or ``None``) are the whole parameter's; ``key`` is the parameter that
-    names its partial sums; ``write_back`` the parameter when ``param`` is a contiguous copy
-    of it, to be written back after the step."""
+    """An entry as the eager phases and the kernels' plan read it: ``param``, ``grad`` and
+    ``state`` as ``canonical`` views; ``size`` the whole parameter's sizes; ``write_back`` the
+    parameter when ``param`` is a contiguous copy of it, to be written back after the step."""
 
     param: Tensor
     grad: Tensor
@@ -55,36 +70,23 @@ class TensorStep(NamedTuple):
     hp: Hyperparameters
     size: Size
     dims: tuple[int, int] | None
-    ndim: int
-    key: Tensor
     write_back: Tensor | None
     dtype: torch.dtype
 
 
-def tensor_step(
-    param: Tensor,
-    grad: Tensor,
-    state: Mapping[str, Tensor],
-    hp: Hyperparameters,
-    dims: tuple[int, int] | None,
-    shape: Sequence[int],
-    key: Tensor,
-    dtype: torch.dtype,
-) -> TensorStep:
-    """``param``'s part in a step, with ``state`` its state dict (local tensors) and ``dtype``
-    the dtype of its statistics and math."""
+def tensor_step(entry: Entry) -> TensorStep:
+    """``entry``'s views (made only where needed: views cost more than a kernel launch)."""
+    param, dims = entry.param, entry.dims
     contiguous = param if param.is_contiguous() else param.contiguous()
     return TensorStep(
         canonical(contiguous, dims),
-        canonical(grad.contiguous(), dims),
-        TensorState.of(state, dims),
-        hp,
-        Size.of(shape, dims, hp.rms_per_slice),
+        canonical(entry.grad, dims),
+        TensorState.of(entry.state, dims),
+        entry.hp,
+        Size.of(entry.shape, dims, entry.hp.rms_per_slice),
         dims,
-        len(shape),
-        key,
         None if contiguous is param else param,
-        dtype,
+        entry.dtype,
     )
 
 
@@ -98,27 +100,28 @@ class FastPath(NamedTuple):
 
 
 def group_step(
-    steps: Sequence[TensorStep],
+    entries: Sequence[Entry],
     complete: CompleteSums | None = None,
     fast: FastPath | None = None,
     report: bool = True,
 ) -> list[Applied]:
-    """Step every tensor of a group: those the kernels take together, the others one by one;
+    """Step every tensor of a group: those the kernels admit together, the others one by one;
     whole (``complete`` is ``None``), or phase by phase, with ``complete`` adding up the
     partial sums of all of them between phases. What each step applied is returned if
-    ``report`` (for diagnostics), else nothing."""
-    chosen = [fast is not None and admits(t, fast.backend.DEVICE_TYPE) for t in steps]
+    ``report`` (for diagnostics), else nothing. A plan whose tensors did not change is reused
+    as it is: no views are made for them."""
+    chosen = [fast is not None and admits(e, fast.backend.DEVICE_TYPE) for e in entries]
     if any(chosen):  # one plan, on one device: tensors on another step eagerly
-        device = next(t for t, c in zip(steps, chosen) if c).param.device
-        chosen = [c and t.param.device == device for t, c in zip(steps, chosen)]
-    together = [t for t, c in zip(steps, chosen) if c]
-    alone = [t for t, c in zip(steps, chosen) if not c]
+        device = next(e for e, c in zip(entries, chosen) if c).param.device
+        chosen = [c and e.param.device == device for e, c in zip(entries, chosen)]
+    together = [e for e, c in zip(entries, chosen) if c]
+    alone = [tensor_step(e) for e, c in zip(entries, chosen) if not c]
     run = plan = None
     if fast is not None and together:
         plan = fast.cache.plan_for(
-            kernel_group.step_signature(together),
-            lambda: kernel_group.step_members(together),
-            [t.grad for t in together],
+            kernel_group.entry_signature(together),
+            lambda: kernel_group.step_members([tensor_step(e) for e in together]),
+            [e.grad for e in together],
             together[0].param.device,
             fast.backend.GEOMETRY,
         )
@@ -131,14 +134,25 @@ def group_step(
             run = kernel_group.kernel_sums(fast.backend, fast.cache, plan, fast.hp, together)
         local = kernel_group.statistics_local_sums(run) if run else []
         sums = [statistics_sums(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in alone]
-        complete(local + [ls for t, s in zip(alone, sums) for ls in statistics_local_sums(t, s)])
+        others = [e for e, c in zip(entries, chosen) if not c]
+        complete(
+            local
+            + [ls for e, t, s in zip(others, alone, sums) for ls in statistics_local_sums(e, t, s)]
+        )
         if run:
             kernel_group.kernel_update_sums(run)
         local = kernel_group.update_local_sums(run) if run else []
         statistics = [
             update_sums(t.grad, s, t.state.momentum, t.hp, t.size) for t, s in zip(alone, sums)
         ]
-        complete(local + [ls for t, s in zip(alone, statistics) for ls in update_local_sums(t, s)])
+        complete(
+            local
+            + [
+                ls
+                for e, t, s in zip(others, alone, statistics)
+                for ls in update_local_sums(e, t, s)
+            ]
+        )
         if run:
             kernel_group.kernel_apply(run)
         eager = [
@@ -155,26 +169,26 @@ def group_step(
     return [next(kernel_results) if c else next(eager_results) for c in chosen]
 
 
-def statistics_local_sums(t: TensorStep, sums: FactoredSums | FullSums) -> list[LocalSum]:
+def statistics_local_sums(e: Entry, t: TensorStep, sums: FactoredSums | FullSums) -> list[LocalSum]:
     """Phase 1's partial sums, each with the dims of the parameter it sums over."""
-    dims = summed_dims(t.dims, t.ndim, t.size.per_slice)
-    local = [LocalSum(sums.param_sq, t.key, dims["param_sq"])]
+    dims = summed_dims(e.dims, len(e.shape), t.size.per_slice)
+    local = [LocalSum(sums.param_sq, e.key, dims["param_sq"])]
     if isinstance(sums, FactoredSums):
         local += [
-            LocalSum(sums.row_sq, t.key, dims["row"]),
-            LocalSum(sums.col_sq, t.key, dims["col"]),
-            LocalSum(sums.total_sq, t.key, dims["total"]),
-            LocalSum(sums.old_row_mean, t.key, dims["old_row_mean"]),
+            LocalSum(sums.row_sq, e.key, dims["row"]),
+            LocalSum(sums.col_sq, e.key, dims["col"]),
+            LocalSum(sums.total_sq, e.key, dims["total"]),
+            LocalSum(sums.old_row_mean, e.key, dims["old_row_mean"]),
         ]
     return local
 
 
 def update_local_sums(
-    t: TensorStep, statistics: FactoredStatistics | FullStatistics
+    e: Entry, t: TensorStep, statistics: FactoredStatistics | FullStatistics
 ) -> list[LocalSum]:
     """Phase 2's partial sums, each with the dims of the parameter it sums over."""
-    dims = summed_dims(t.dims, t.ndim, t.size.per_slice)
+    dims = summed_dims(e.dims, len(e.shape), t.size.per_slice)
     return [
-        LocalSum(statistics.nonfinite, t.key, dims["nonfinite"]),
-        LocalSum(statistics.sum_sq_u, t.key, dims["sum_sq_u"]),
+        LocalSum(statistics.nonfinite, e.key, dims["nonfinite"]),
+        LocalSum(statistics.sum_sq_u, e.key, dims["sum_sq_u"]),
     ]

@@ -32,53 +32,52 @@ class Backend(Protocol):
     def sums_of(self, buffers: Any) -> Tensor: ...
 
 
-def admits(step: Any, device_type: str) -> bool:
+STATISTICS = ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")
+
+
+def admits(entry: Any, device_type: str) -> bool:
     """The admission rule of the group kernels, one for both backends (C on CPU, Triton on
     CUDA: each reads and writes every tensor through a raw pointer in its own dtype, element
-    by element from its start): a ``step.TensorStep`` is theirs only when every
-    tensor it touches is on ``device_type``'s device, contiguous and aligned to its element,
-    the parameter (and momentum) float32, bfloat16 or float16, the gradient one of those or
-    float64 (each read in its own dtype), and the statistics and their math float32. Any other
-    tensor steps eagerly in the same group step; nothing is refused."""
-    state = step.state
-    tensors = [step.param, step.grad, state.step, state.nonfinite_skips, *state.second_moment]
-    if state.momentum is not None:
-        if state.momentum.dtype not in DTYPE_CODES:
-            return False
-        tensors.append(state.momentum)
+    by element from its start): a ``step.Entry`` is theirs only when every tensor it touches
+    is on ``device_type``'s device, contiguous and aligned to its element, the parameter (and
+    momentum) float32, bfloat16 or float16, the gradient one of those or float64 (each read in
+    its own dtype), and the statistics and their math float32. Any other tensor steps eagerly
+    in the same group step; nothing is refused."""
+    param, state = entry.param, entry.state
+    momentum = state.get("exp_avg")
+    tensors = [param, entry.grad, *state.values()]
     return (
-        step.write_back is None  # a non-contiguous parameter: its contiguous copy steps eagerly
-        and step.dtype == torch.float32
-        and step.param.dtype in DTYPE_CODES
-        and step.grad.dtype in GRAD_CODES
-        and state.step.dtype == torch.float32
-        and state.nonfinite_skips.dtype == torch.int64
-        and all(v.dtype == torch.float32 for v in state.second_moment)
+        entry.dtype == torch.float32
+        and param.dtype in DTYPE_CODES
+        and entry.grad.dtype in GRAD_CODES
+        and state["step"].dtype == torch.float32
+        and state["nonfinite_skips"].dtype == torch.int64
+        and all(state[k].dtype == torch.float32 for k in STATISTICS if k in state)
+        and (momentum is None or momentum.dtype in DTYPE_CODES)
         and all(
-            x.device.type == device_type
-            and x.device == step.param.device
-            and x.is_contiguous()
+            x.device == param.device
+            and x.is_contiguous()  # a non-contiguous parameter: a contiguous copy steps eagerly
             and x.data_ptr() % x.element_size() == 0
             for x in tensors
         )
+        and param.device.type == device_type
     )
 
 
-def step_signature(steps: Sequence[Any]) -> tuple[Any, ...]:
-    """What the plan of ``step.TensorStep``s depends on: every tensor's storage, shape and
-    dtype, and its state's."""
+def entry_signature(entries: Sequence[Any]) -> tuple[Any, ...]:
+    """What the plan of ``step.Entry``s depends on: every tensor's storage, shape and dtype,
+    its state's storages, its factoring, and its gradient's dtype (a gradient's storage is
+    new every step: the plan refreshes it)."""
     parts: list[Any] = []
-    for t in steps:
-        state = t.state
-        second = state.second_moment
-        tensors = (t.param, *second, state.step, state.nonfinite_skips, state.momentum)
-        parts.append((t.param.shape, t.param.dtype, t.dims, t.size, t.grad.shape, t.grad.dtype))
-        parts.extend(x.data_ptr() if x is not None else 0 for x in tensors)
+    for e in entries:
+        parts += (e.param.data_ptr(), e.param.shape, e.param.dtype, e.dims, e.grad.dtype)
+        parts += (e.hp.rms_per_slice, e.shape)
+        parts += [v.data_ptr() for v in e.state.values()]
     return tuple(parts)
 
 
 def step_members(steps: Sequence[Any]) -> list[Member]:
-    """The plan's members for ``step.TensorStep``s."""
+    """The plan's members for ``step.TensorStep``s (an entry's views)."""
     return [
         Member(t.param, t.grad, t.state, t.dims, t.size.numel, t.size.n, t.size.m, t.size.per_slice)
         for t in steps
@@ -146,7 +145,7 @@ def kernel_sums(
     backend: Backend, cache: PlanCache, plan: Plan, hp: Hyperparameters, steps: Sequence[Any] = ()
 ) -> KernelRun:
     """Phase 1 for the tensors of ``plan`` (``statistics_local_sums`` are its partial sums;
-    ``steps``, the ``step.TensorStep``s, name them)."""
+    ``steps``, the ``step.Entry``s, name them)."""
     buffers = backend.make_buffers(plan)
     numbers = backend.numbers(hp, plan.descriptors.device)
     cache.hold(numbers)
@@ -201,7 +200,7 @@ def _local_sums(run: KernelRun, names: Sequence[str]) -> list[LocalSum]:
     (as ``step.statistics_local_sums`` names the eager step's)."""
     sums = run.backend.sums_of(run.buffers)
     out = []
-    for t, layout in zip(run.steps, run.plan.layouts):
-        dims = summed_dims(t.dims, t.ndim, layout.per_slice)
-        out += [LocalSum(layout.view(sums, n), t.key, dims[n]) for n in names if n in dims]
+    for e, layout in zip(run.steps, run.plan.layouts):
+        dims = summed_dims(e.dims, len(e.shape), layout.per_slice)
+        out += [LocalSum(layout.view(sums, n), e.key, dims[n]) for n in names if n in dims]
     return out
