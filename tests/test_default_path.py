@@ -302,3 +302,15 @@ def test_a_non_finite_tensor_lr_raises_under_raise_before_anything_changes(step_
         opt.step()
     assert all(torch.equal(p, v) for p, v in zip(params, values))
     assert not opt.state
+
+
+def test_rocm_steps_eagerly_unless_fused_is_true(monkeypatch):
+    # ROCm reports its GPUs as "cuda"; the Triton kernels have never run on one.
+    from adafactor.kernels import backend_for
+
+    found = object()
+    monkeypatch.setattr(torch.version, "hip", "6.2.0")
+    monkeypatch.setattr(adafactor.kernels, "_backend", lambda device_type: found)
+    assert backend_for(None, torch.device("cuda")) is None
+    assert backend_for(True, torch.device("cuda")) is found
+    assert backend_for(None, torch.device("cpu")) is found

@@ -182,3 +182,13 @@ def test_lightning_steps_in_backward_exactly_as_it_steps_after(accumulation):
     assert in_backward.losses == ordinary.losses and len(ordinary.losses) == 6 * accumulation
     for p, q in zip(ordinary.parameters(), in_backward.parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_compiled_step_warns_of_no_cache_it_bypasses(recwarn):
+    # Dynamo warns when it traces through a functools cache; factoring's are bypassed.
+    params = [torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(3, 2, 5))]
+    opt = Adafactor(params, beta1=0.9)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    torch.compile(opt.step, backend="eager")()
+    assert not [w for w in recwarn if "cache" in str(w.message)]

@@ -268,12 +268,9 @@ def test_fused_true_raises_where_no_kernels_can_run():
 def fresh_cpu_build(monkeypatch, tmp_path):
     """A build of the CPU kernels from scratch, into an empty cache, for this test only."""
     monkeypatch.setenv("ADAFACTOR_CACHE_DIR", str(tmp_path / "cache"))
-    caches = (cpu.library, adafactor.kernels._backend, adafactor.kernels._warn_once)
-    for cache in caches:
-        cache.cache_clear()
+    adafactor.kernels.reset()
     yield tmp_path / "cache"
-    for cache in caches:
-        cache.cache_clear()
+    adafactor.kernels.reset()
 
 
 def test_a_failed_build_falls_back_to_eager_or_raises(monkeypatch, fresh_cpu_build):

@@ -20,16 +20,35 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
 FactorRule = Literal["largest", "last"]
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def cached(function: Function) -> Function:
+    """``functools.cache``, bypassed while ``torch.compile`` traces (Dynamo would warn that it
+    ignores the cache, and traces the function anyway)."""
+    memo = functools.cache(function)
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return function(*args, **kwargs)
+        return memo(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
 FACTOR_RULES: tuple[str, ...] = ("largest", "last")
 
 
-@functools.cache
+@cached
 def factored_dims(
     shape: torch.Size | tuple[int, ...], rule: FactorRule, min_dim_size_to_factor: int
 ) -> tuple[int, int] | None:
@@ -81,7 +100,7 @@ class StateSpec:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-@functools.cache  # looked up for every parameter at every step: callers must not mutate it
+@cached  # looked up for every parameter at every step: callers must not mutate it
 def state_layout(
     shape: torch.Size | tuple[int, ...],
     param_dtype: torch.dtype,

@@ -48,10 +48,6 @@ def _backend(device_type: str) -> ModuleType | None:
     return outcome
 
 
-# tests/test_kernels.py clears the memo as it did when _backend was a functools.cache.
-_backend.cache_clear = _outcomes.clear  # type: ignore[attr-defined]
-
-
 def _find(device_type: str) -> ModuleType | None:
     if device_type == "cpu":
         from . import cpu
@@ -74,12 +70,21 @@ def _find(device_type: str) -> ModuleType | None:
     return None
 
 
+def _untried(device: torch.device) -> str | None:
+    """Why the kernels for ``device`` are not the default though they may run: ROCm reports
+    its GPUs as "cuda", and the Triton kernels have never run on one (``fused=True`` opts
+    in)."""
+    if device.type == "cuda" and torch.version.hip is not None:
+        return "the Triton kernels have not been run on ROCm yet"
+    return None
+
+
 def backend_for(setting: bool | None, device: torch.device) -> ModuleType | None:
     """The kernels a group on ``device`` steps with under its ``fused`` option: ``None`` for
-    the eager step (``fused=False``, no kernels for the device, or while ``torch.compile``
-    traces the step, where the eager step is what it can trace). Where the CPU kernels cannot
-    be built or loaded, ``fused=None`` steps eagerly after one ``KernelBuildWarning`` per
-    process saying why.
+    the eager step (``fused=False``, no kernels for the device, ROCm unless ``fused=True``, or
+    while ``torch.compile`` traces the step, where the eager step is what it can trace).
+    Where the CPU kernels cannot be built or loaded, ``fused=None`` steps eagerly after one
+    ``KernelBuildWarning`` per process saying why.
 
     Raises:
         RuntimeError: ``fused=True`` and no kernels can run on ``device`` (why, in the message;
@@ -87,6 +92,8 @@ def backend_for(setting: bool | None, device: torch.device) -> ModuleType | None
     """
     # Before anything else: tracing must not reach the memo or a build.
     if setting is False or torch.compiler.is_compiling():
+        return None
+    if setting is None and _untried(device):
         return None
     try:
         backend = _backend(device.type)
