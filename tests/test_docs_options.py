@@ -20,9 +20,14 @@ def test_the_options_table_is_the_one_derived_from_the_options(page):
 
 
 def test_the_constructor_takes_exactly_the_options_with_their_defaults():
-    parameters = list(inspect.signature(Adafactor.__init__).parameters.values())[2:]
+    # Then the optimizer's own switches, which are not options of a group.
+    *parameters, in_backward, accumulation = list(
+        inspect.signature(Adafactor.__init__).parameters.values()
+    )[2:]
     assert [p.name for p in parameters] == [o.name for o in OPTIONS]
     assert {p.name: p.default for p in parameters} == DEFAULTS
+    assert (in_backward.name, in_backward.default) == ("step_in_backward", False)
+    assert (accumulation.name, accumulation.default) == ("accumulation_steps", 1)
 
 
 def test_the_docstring_documents_every_option():

@@ -53,10 +53,16 @@ The state of a factored n×m matrix is n + m numbers, plus a step count.
 Args:
     params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
 {options}
+    step_in_backward: step each parameter inside the backward pass, from a hook, as soon as
+        its gradient is complete, and free that gradient: exactly the update ``step()`` would
+        make (docs/step_in_backward.md). Settable later as an attribute.
+    accumulation_steps: with ``step_in_backward``, the number of backward passes whose
+        gradients add up to one step; parameters step in the last of each window.
 
 Raises:
-    ValueError: on an invalid option (naming it), a complex parameter, or in ``step`` on a
-        sparse gradient; in every case before anything changes.
+    ValueError: on an invalid option (naming it), a complex, float8 or integer parameter, or in
+        ``step`` on a sparse gradient or one of such a dtype; in every case before anything
+        changes.
 """
 
 
