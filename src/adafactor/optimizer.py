@@ -132,6 +132,7 @@ class Adafactor(Optimizer):
         super().__init__(params, defaults)
         self.diagnostics: dict[Tensor, dict[str, Tensor]] = {}
         self._plans: dict[Any, PlanCache] = {}  # the group kernels' tables, per group
+        self._validated: dict[int, _Options] = {}
         self._accumulation_steps = accumulation_steps
         self.step_in_backward = step_in_backward
 
@@ -140,6 +141,7 @@ class Adafactor(Optimizer):
         self.__dict__.setdefault("diagnostics", {})
         self.__dict__.setdefault("_plans", {})
         self.__dict__.setdefault("_accumulation_steps", 1)
+        self._validated = {}
         self._in_backward = None  # hooks are not pickled: a copy steps in step()
         self._where = {
             id(p): (g, i)
@@ -354,36 +356,49 @@ class Adafactor(Optimizer):
                 for p, result in zip(params, applied):
                     self._record(p, result, group)
 
+    def _options(self, g_index: int) -> _Options:
+        """Group ``g_index``'s options, validated: checked again only when one of its values
+        is another object than when last checked (a scheduler writes a new ``lr`` each step),
+        which a step inside the backward pass, once per parameter, would otherwise repeat."""
+        group = self.param_groups[g_index]
+        key = tuple(id(group[name]) for name in DEFAULTS)
+        cached = self._validated.get(g_index)
+        if cached is not None and cached.key == key and cached.group is group:
+            return cached
+        validate_options(group, where=f"param_groups[{g_index}]")
+        options = _Options(group, key, Hyperparameters.from_group(group))
+        if not torch.compiler.is_compiling():
+            self._validated[g_index] = options
+        return options
+
     def _fast_path(
         self, key: Any, group: Mapping[str, Any], params: list[Tensor]
-    ) -> tuple[FastPath | None, Hyperparameters]:
+    ) -> tuple[FastPath | None, _Options]:
         """The group kernels a group steps with (``None``: eagerly), and its options; ``key``
         names the plan kept for this selection of its parameters."""
-        options = Hyperparameters.from_group(group)
+        options = self._options(key if isinstance(key, int) else key[0])
         if not params:
             return None, options
         backend = backend_for(group["fused"], local(params[0]).device)
         if backend is None:
             return None, options
-        return FastPath(backend, self._plans.setdefault(key, PlanCache()), options), options
+        plan = self._plans.setdefault(key, PlanCache())
+        return FastPath(backend, plan, options.hp), options
 
     def _tensor_steps(
         self,
         fast: FastPath | None,
         group: Mapping[str, Any],
         params: list[Tensor],
-        options: Hyperparameters,
+        options: _Options,
         distributed: bool,
     ) -> list[Applied]:
         """A group through per-tensor steps: the eager ones, the kernels for the tensors they
         take, the partial sums of distributed tensors completed between phases."""
         entries = []
-        hps: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
         for p in params:
             dtype = state_dtype(p.dtype)
-            where = (local(p).device, dtype)
-            if where not in hps:
-                hps[where] = options.as_tensors(*where)
+            hp = options.as_tensors(local(p).device, dtype)
             grad = p.grad
             assert grad is not None  # _gather keeps only parameters with a gradient
             state = self.state[p]
@@ -392,7 +407,7 @@ class Adafactor(Optimizer):
                     local(p),
                     local(grad).contiguous(),
                     {k: local(v) for k, v in state.items()} if distributed else state,
-                    hps[where],
+                    hp,
                     _dims(p, group),
                     p.shape,
                     p,
@@ -443,7 +458,7 @@ class Adafactor(Optimizer):
             # torch.compile traces the step, a scheduled lr is a symbolic number that host-side
             # checks cannot read: the eager steps check it.
             if not torch.compiler.is_compiling():
-                validate_options(group, where=f"param_groups[{g_index}]")
+                self._options(g_index)
             params = []
             indices = range(len(group["params"])) if only is None else selected[g_index]
             for p_index in indices:
@@ -553,6 +568,25 @@ def _overlaps(p: Tensor) -> bool:
     """Whether some elements of ``p`` share memory (a contiguous tensor never does)."""
     t = local(p)
     return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
+
+
+class _Options:
+    """A group's options as validated (``key``: the identities of its values then) and as
+    the step reads them, numbers as 0-d tensors per device and dtype."""
+
+    def __init__(self, group: Mapping[str, Any], key: tuple[int, ...], hp: Hyperparameters):
+        self.group, self.key, self.hp = group, key, hp
+        self._tensors: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
+
+    def as_tensors(self, device: torch.device, dtype: torch.dtype) -> Hyperparameters:
+        """``hp.as_tensors(device, dtype)``, made once; a Tensor ``lr`` is read anew each
+        time (the scheduler may fill it in place, and a copy would not follow)."""
+        if isinstance(self.hp.lr, Tensor) or torch.compiler.is_compiling():
+            return self.hp.as_tensors(device, dtype)
+        where = (device, dtype)
+        if where not in self._tensors:
+            self._tensors[where] = self.hp.as_tensors(device, dtype)
+        return self._tensors[where]
 
 
 _NOT_UPDATED = (
