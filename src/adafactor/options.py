@@ -10,6 +10,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any, Literal
 
 import torch
@@ -68,7 +69,24 @@ def option(
 
 
 def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    # Real takes what torch takes for a number: Python's and numpy's scalars.
+    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_integer(x: Any) -> bool:
+    return isinstance(x, Integral) and not isinstance(x, bool)
+
+
+def _plain(value: Any) -> Any:
+    """A number as a Python ``int`` or ``float`` (a numpy scalar times a tensor may give a
+    numpy array, or another dtype); anything else as it is."""
+    if isinstance(value, bool) or type(value) in (int, float):
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        return float(value)
+    return value
 
 
 def _real(
@@ -137,7 +155,7 @@ def _check_decay_rate(value: Any) -> str | None:
 
 def _check_count(low: int) -> Check:
     def check(value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        ok = _is_integer(value) and value >= low
         return None if ok else f"must be an integer >= {low}"
 
     return check
@@ -400,9 +418,10 @@ class Hyperparameters:
 
     @classmethod
     def from_group(cls, group: Mapping[str, Any]) -> Hyperparameters:
-        """Read the options of a ``torch.optim`` parameter group."""
-        values = {name: group[name] for name in DEFAULTS}
-        values["eps"] = tuple(values["eps"])
+        """Read the options of a ``torch.optim`` parameter group, numbers as Python's (a
+        numpy scalar as the ``int`` or ``float`` of the same value)."""
+        values = {name: _plain(group[name]) for name in DEFAULTS}
+        values["eps"] = tuple(_plain(e) for e in values["eps"])
         return cls(**values)
 
     def as_tensors(self, device: torch.device, dtype: torch.dtype) -> Hyperparameters:
