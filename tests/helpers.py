@@ -9,6 +9,8 @@ import os
 import pathlib
 import sys
 import types
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 
 import adafactor.kernels
 from adafactor import Adafactor
+from adafactor.options import BY_NAME, DEFAULTS, OPTIONS, validate_options
 from adafactor.reference import ReferenceAdafactor
 
 
@@ -143,25 +146,59 @@ def example(name: str):
 
 
 shape_lists = st.lists(st.integers(0, 6), min_size=0, max_size=4).map(tuple)
-option_sets = st.fixed_dictionaries(
-    {},
-    optional={
-        "lr": st.sampled_from([1e-2, 0.3, 1e-4]),
-        "clip_threshold": st.sampled_from([None, 1.0, 0.3]),
-        "decay_rate": st.sampled_from([0.5, 0.8, 1.0]),
-        "beta1": st.sampled_from([None, 0.0, 0.9]),
-        "beta2": st.sampled_from([None, 0.999, 0.5]),
-        "momentum_of": st.sampled_from(["step", "gradient"]),
-        "weight_decay": st.sampled_from([0.0, 0.1]),
-        "weight_decay_scale": st.sampled_from(["rho", "alpha", "lr", "none"]),
-        "relative_step": st.booleans(),
-        "scale_parameter": st.booleans(),
-        "factored": st.booleans(),
-        "min_dim_size_to_factor": st.sampled_from([1, 2, 4]),
-        "factor_dims": st.sampled_from(["largest", "last"]),
-        "maximize": st.booleans(),
-    },
-)
+
+
+def valid_options(options: Mapping[str, Any]) -> bool:
+    """Whether ``options`` (the others at their defaults) pass ``validate_options``."""
+    try:
+        validate_options({**DEFAULTS, **options})
+    except ValueError:
+        return False
+    return True
+
+
+def option_samples(*, edge_cases: bool = False) -> list[tuple[str, Any, dict[str, Any]]]:
+    """Every option's samples (and edge cases, if asked) from the options table, as
+    ``(name, value, options)`` with ``options`` the value in the context it acts in."""
+    return [
+        (o.name, value, {**o.context, o.name: value})
+        for o in OPTIONS
+        for value in (*o.samples, *(o.edge_cases if edge_cases else ()))
+    ]
+
+
+def option_strategy(*, reference: bool = False) -> st.SearchStrategy[dict[str, Any]]:
+    """Option sets drawn from the options table: any of the options that change numbers (the
+    host-only ones are checked apart, in ``test_option_coverage.py``), each at its default, a
+    sample or an edge case, only valid sets; with ``reference``, only the options the float64
+    reference takes (``Option.in_reference``)."""
+    chosen = [o for o in OPTIONS if not o.host_only and (o.in_reference or not reference)]
+    values = {o.name: st.sampled_from((o.default, *o.samples, *o.edge_cases)) for o in chosen}
+    return st.fixed_dictionaries({}, optional=values).filter(valid_options)
+
+
+option_sets = option_strategy()
+reference_option_sets = option_strategy(reference=True)
+
+
+def packed_option_sets() -> list[dict[str, Any]]:
+    """Every sample and edge case of the options that change numbers, with its context, in a
+    few valid option sets: each value goes to the smallest set it fits without changing an
+    option already set, starting from as many sets as any option has values."""
+    values = [v for v in option_samples(edge_cases=True) if not BY_NAME[v[0]].host_only]
+    most = max(sum(1 for v in values if v[0] == o.name) for o in OPTIONS)
+    sets: list[dict[str, Any]] = [{} for _ in range(most)]
+    for _, _, options in values:
+        fits = [
+            s
+            for s in sets
+            if all(s.get(k, v) == v for k, v in options.items()) and valid_options({**s, **options})
+        ]
+        if fits:
+            min(fits, key=len).update(options)
+        else:
+            sets.append(dict(options))
+    return sets
 
 
 def step_without_host_sync(opt: torch.optim.Optimizer) -> None:

@@ -20,8 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adafactor import Adafactor, optimizer_state_bytes, state_bytes
-from helpers import examples, magnitudes, run_side_by_side
-from helpers import option_sets as options
+from helpers import examples, magnitudes, option_sets, reference_option_sets, run_side_by_side
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 # Decimal exponents of the largest |X| and |G| each dtype can take within the documented
@@ -55,7 +54,7 @@ SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 @st.composite
 def runs(draw):
     dtype = draw(st.sampled_from(DTYPES))
-    opts = draw(options)
+    opts = draw(option_sets)
     low, high = X_EXPONENTS[dtype]
     if opts.get("weight_decay") and opts.get("weight_decay_scale") == "alpha":
         # X ← X − λ·α·X with α = ρ·RMS(X): the decay factor λ·ρ·RMS(X) grows with the
@@ -107,7 +106,7 @@ def test_invariants_hold_over_shapes_dtypes_options_and_magnitudes(run):
 @settings(max_examples=examples(120), **SETTINGS)
 @given(
     shapes=st.lists(shapes, min_size=1, max_size=3),
-    options=options,
+    options=reference_option_sets,
     x_exp=st.integers(-20, 20),
     g_exp=st.integers(-20, 19),
     seed=st.integers(0, 2**16),

@@ -1,7 +1,9 @@
 """Every option of ``Adafactor``, defined once, as a field of ``Hyperparameters``: its name,
-type and default, and as metadata the paper's symbol, a one-line meaning, the full description
-and the check of its values. The optimizer's defaults and docstring, its validation, the names
-``param_rules`` accepts and the docs' options table all derive from ``OPTIONS``.
+type and default, and as metadata the paper's symbol, a one-line meaning, the full description,
+the check of its values, and what the tests step it with (sample values, the options they act
+with, whether the float64 reference models it, or why it changes no number at all). The
+optimizer's defaults and docstring, its validation, the names ``param_rules`` accepts, the docs'
+options table and the tests' option sets all derive from ``OPTIONS``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any, Literal
 
 import torch
@@ -48,6 +51,24 @@ class Option:
     """A number the step takes as a 0-d tensor, so that changing it recompiles nothing."""
     since: str
     """The version that added it: a group saved by an earlier one takes the default."""
+    samples: tuple[Any, ...]
+    """Values other than the default that the tests step on every step path, each of which
+    changes the numbers a few steps write (given ``context``) unless the option is host-only;
+    the tests' option sets are drawn from them (``tests/helpers.py``)."""
+    context: Mapping[str, Any]
+    """Other options the samples act only together with (``momentum_of`` needs a ``beta1``)."""
+    edge_cases: tuple[Any, ...]
+    """Further values the property tests draw, edge cases that need not change a step
+    (``beta1=0.0``)."""
+    host_only: str
+    """Why the option changes no number a step writes (it chooses how the step runs, or what
+    is recorded or checked beside it); empty for the options the step's math reads."""
+    in_reference: bool
+    """Whether the float64 reference (``reference.py``) takes it: the tests compare the others
+    with the eager step only."""
+    randomized: bool
+    """Whether its samples draw random bits (stochastic rounding): the step paths draw them
+    differently, so they agree on what the rounding guarantees, not bit for bit."""
 
 
 def option(
@@ -59,16 +80,50 @@ def option(
     *,
     numeric: bool = False,
     since: str = "0.1.0",
+    samples: tuple[Any, ...] = (),
+    context: Mapping[str, Any] | None = None,
+    edge_cases: tuple[Any, ...] = (),
+    host_only: str = "",
+    in_reference: bool = True,
+    randomized: bool = False,
 ) -> Any:
     """A field of ``Hyperparameters`` with an ``Option``'s metadata."""
     metadata = dict(
-        symbol=symbol, meaning=meaning, doc=doc, check=check, numeric=numeric, since=since
+        symbol=symbol,
+        meaning=meaning,
+        doc=doc,
+        check=check,
+        numeric=numeric,
+        since=since,
+        samples=samples,
+        context=dict(context or {}),
+        edge_cases=edge_cases,
+        host_only=host_only,
+        in_reference=in_reference,
+        randomized=randomized,
     )
     return dataclasses.field(default=default, metadata=metadata)
 
 
 def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    # Real takes what torch takes for a number: Python's and numpy's scalars.
+    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_integer(x: Any) -> bool:
+    return isinstance(x, Integral) and not isinstance(x, bool)
+
+
+def _plain(value: Any) -> Any:
+    """A number as a Python ``int`` or ``float`` (a numpy scalar times a tensor may give a
+    numpy array, or another dtype); anything else as it is."""
+    if isinstance(value, bool) or type(value) in (int, float):
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        return float(value)
+    return value
 
 
 def _real(
@@ -137,7 +192,7 @@ def _check_decay_rate(value: Any) -> str | None:
 
 def _check_count(low: int) -> Check:
     def check(value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        ok = _is_integer(value) and value >= low
         return None if ok else f"must be an integer >= {low}"
 
     return check
@@ -164,6 +219,7 @@ class Hyperparameters:
         "A one-element Tensor works as the same number (no recompile when it changes).",
         _check_lr,
         numeric=True,
+        samples=(0.3, 1e-4),
     )
     eps: tuple[Number, Number] = option(
         (1e-30, 1e-3),
@@ -173,6 +229,7 @@ class Hyperparameters:
         "the floor of the parameter scale ``max(ε2, RMS(X))``. Paper: ``(1e-30, 1e-3)``.",
         _check_eps,
         numeric=True,
+        samples=((0.1, 1e-3), (1e-30, 3.0)),
     )
     clip_threshold: Number | None = option(
         1.0,
@@ -181,6 +238,7 @@ class Hyperparameters:
         "``d``, the update-clipping threshold; ``None`` turns clipping off.",
         _real(0, low_open=True, none=True, what=" (> 0), None for no clipping"),
         numeric=True,
+        samples=(None, 0.3),
     )
     decay_rate: Number = option(
         0.8,
@@ -190,6 +248,7 @@ class Hyperparameters:
         "−0.8).",
         _check_decay_rate,
         numeric=True,
+        samples=(0.5, 1.0),
     )
     beta2_cap: Number | None = option(
         None,
@@ -201,6 +260,8 @@ class Hyperparameters:
         _real(0, 1, none=True),
         numeric=True,
         since="0.2.0",
+        # Below β̂2_2 = 1 − 2^(−0.8), so that it acts from the second step on.
+        samples=(0.3,),
     )
     decay_offset: Number = option(
         0,
@@ -214,6 +275,7 @@ class Hyperparameters:
         _check_count(0),
         numeric=True,
         since="0.2.0",
+        samples=(2,),
     )
     beta1: Number | None = option(
         None,
@@ -222,6 +284,8 @@ class Hyperparameters:
         "``β1``, momentum; ``None`` (default) keeps no momentum and no memory for it.",
         _real(0, 1, high_open=True, none=True),
         numeric=True,
+        samples=(0.9,),
+        edge_cases=(0.0,),  # momentum of the last step alone: the step of no momentum
     )
     beta2: Number | None = option(
         None,
@@ -232,6 +296,7 @@ class Hyperparameters:
         " in place of ``1 − t^(−c)``.",
         _real(0, 1, high_open=True, none=True),
         numeric=True,
+        samples=(0.999, 0.5),
     )
     momentum_of: Momentum = option(
         "step",
@@ -241,6 +306,8 @@ class Hyperparameters:
         'what β1 averages: ``"step"`` (default; as T5X, optax and HF) the steps ``α_t·Û_t``; '
         '``"gradient"`` Adam\'s bias-corrected ``m̂_t``, divided by ``√V̂_t``.',
         _one_of(MOMENTUM_KINDS),
+        samples=("gradient",),
+        context={"beta1": 0.9},
     )
     momentum_dtype: torch.dtype | None = option(
         None,
@@ -250,6 +317,9 @@ class Hyperparameters:
         "math stays float32, and the step applied is the stored momentum); ``None``: the "
         "statistics' dtype.",
         _check_dtype,
+        samples=(torch.bfloat16,),
+        context={"beta1": 0.9},
+        in_reference=False,
     )
     weight_decay: Number = option(
         0.0,
@@ -258,6 +328,7 @@ class Hyperparameters:
         "``λ``, decoupled weight decay: ``X ← X − λ·s·X`` each step.",
         _real(0),
         numeric=True,
+        samples=(0.1,),
     )
     weight_decay_scale: WeightDecayScale = option(
         "rho",
@@ -267,6 +338,9 @@ class Hyperparameters:
         '``s``: ``"rho"`` (default) ρ_t, like the learning rate in AdamW; ``"alpha"`` α_t '
         '(HF, timm); ``"lr"`` the group\'s ``lr`` (torch); ``"none"`` 1 (optax).',
         _one_of(WEIGHT_DECAY_SCALES),
+        samples=("alpha", "lr", "none"),
+        # "lr" differs from ρ_t = min(lr, 1/√t) only where lr > 1/√t.
+        context={"weight_decay": 0.1, "lr": 0.9},
     )
     relative_step: bool = option(
         True,
@@ -274,6 +348,8 @@ class Hyperparameters:
         "ρ_t = min(`lr`, 1/√t) rather than `lr`",
         "use ρ_t = ``min(lr, 1/√t)`` rather than ρ_t = ``lr``.",
         _boolean,
+        samples=(False,),
+        context={"lr": 0.9},  # the same ρ_t where lr ≤ 1/√t
     )
     warmup_init: bool = option(
         False,
@@ -281,6 +357,8 @@ class Hyperparameters:
         "warm-up variant ρ_t = min(`lr`, 10⁻⁶·t, 1/√t)",
         "with ``relative_step``, the warm-up variant ``ρ_t = min(lr, 10⁻⁶·t, 1/√t)``.",
         _boolean,
+        samples=(True,),
+        context={"relative_step": True},
     )
     scale_parameter: bool = option(
         True,
@@ -288,6 +366,7 @@ class Hyperparameters:
         "step size relative to the parameter's RMS",
         "multiply ρ_t by ``max(ε2, RMS(X_{t−1}))``.",
         _boolean,
+        samples=(False,),
     )
     factored: bool = option(
         True,
@@ -295,6 +374,7 @@ class Hyperparameters:
         "factored statistics for tensors of ≥ 2 dims; `False`: a full V̂",
         "keep factored (row and column) statistics for tensors of 2 or more dims.",
         _boolean,
+        samples=(False,),
     )
     min_dim_size_to_factor: int = option(
         2,
@@ -303,6 +383,8 @@ class Hyperparameters:
         "factor only when both chosen dims are at least this long; the default 2 factors "
         "every matrix as the paper does (1×m gains nothing from it).",
         _check_count(1),
+        samples=(4,),
+        edge_cases=(1,),  # factors 1×m, whose factored estimate is the full one
     )
     factor_dims: FactorRule = option(
         "largest",
@@ -313,6 +395,7 @@ class Hyperparameters:
         'big_vision; a conv kernel [256, 128, 3, 3] over 256×128) or ``"last"`` (as torch '
         "and HF; the same kernel over its 3×3 window).",
         _one_of(FACTOR_RULES),
+        samples=("last",),
     )
     rms_per_slice: bool = option(
         False,
@@ -325,6 +408,7 @@ class Hyperparameters:
         "keep their whole-tensor RMS.",
         _boolean,
         since="0.2.0",
+        samples=(True,),
     )
     maximize: bool = option(
         False,
@@ -332,6 +416,7 @@ class Hyperparameters:
         "ascend; `p.grad` is never modified",
         "ascend rather than descend (``p.grad`` is never modified).",
         _boolean,
+        samples=(True,),
     )
     stochastic_rounding: bool = option(
         False,
@@ -341,6 +426,9 @@ class Hyperparameters:
         "write bfloat16 parameters with unbiased stochastic rounding rather than "
         "round-to-nearest, so that updates below half a bfloat16 step are not lost.",
         _boolean,
+        samples=(True,),
+        in_reference=False,
+        randomized=True,
     )
     fused: bool | None = option(
         None,
@@ -353,6 +441,10 @@ class Hyperparameters:
         "raises where they cannot be; ``False`` always steps eagerly (tensor by tensor, in "
         "chunks of 2^20 elements).",
         _one_of((None, True, False)),
+        samples=(False,),
+        host_only="it chooses which code computes the step, and every path computes the eager "
+        "step's numbers (True is None where the kernels are at hand, an error where not)",
+        in_reference=False,
     )
     diagnostics: bool = option(
         False,
@@ -364,6 +456,9 @@ class Hyperparameters:
         "``optimizer.diagnostics[param]``; tensors (one value per slice with "
         "``rms_per_slice``), no host sync.",
         _boolean,
+        samples=(True,),
+        host_only="it records what a step applied, and the step reads nothing of the record",
+        in_reference=False,
     )
     nonfinite_grad: NonfiniteGrad = option(
         "skip",
@@ -376,6 +471,10 @@ class Hyperparameters:
         'it; no host sync) or ``"raise"``s a ``ValueError`` naming it before anything changes '
         "(one host sync per step).",
         _one_of(NONFINITE_POLICIES),
+        samples=("raise",),
+        host_only='on finite gradients and parameters "raise" only checks them (a host sync); '
+        "where one is not finite it refuses the whole step, an error rather than other numbers",
+        in_reference=False,
     )
 
     @property
@@ -400,9 +499,10 @@ class Hyperparameters:
 
     @classmethod
     def from_group(cls, group: Mapping[str, Any]) -> Hyperparameters:
-        """Read the options of a ``torch.optim`` parameter group."""
-        values = {name: group[name] for name in DEFAULTS}
-        values["eps"] = tuple(values["eps"])
+        """Read the options of a ``torch.optim`` parameter group, numbers as Python's (a
+        numpy scalar as the ``int`` or ``float`` of the same value)."""
+        values = {name: _plain(group[name]) for name in DEFAULTS}
+        values["eps"] = tuple(_plain(e) for e in values["eps"])
         return cls(**values)
 
     def as_tensors(self, device: torch.device, dtype: torch.dtype) -> Hyperparameters:

@@ -108,8 +108,14 @@ def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
         seed = torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int32)
     else:
         seed = torch.zeros(1, device=device, dtype=torch.int32)
+    return Numbers(on_device, compile_flags(hp), seed)
+
+
+def compile_flags(hp: Hyperparameters) -> dict[str, dict[str, Any]]:
+    """``hp``'s choices as the kernels' compile-time constants, by name: ``"schedule"``, those
+    every kernel that forms the schedules takes, and ``"apply"``, phase 3's own."""
     choice = plan_flags(hp)
-    flags = {
+    schedule_flags = {
         "RELATIVE": bool(choice[Flag.RELATIVE_STEP]),
         "WARMUP": bool(choice[Flag.WARMUP_INIT]),
         "BETA2": bool(choice[Flag.BETA2]),
@@ -124,7 +130,7 @@ def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
         "MAXIMIZE": bool(choice[Flag.MAXIMIZE]),
         "STOCHASTIC_ROUNDING": bool(choice[Flag.STOCHASTIC_ROUNDING]),
     }
-    return Numbers(on_device, {"schedule": flags, "apply": apply_flags}, seed)
+    return {"schedule": schedule_flags, "apply": apply_flags}
 
 
 def _numbers_without_lr(hp: Hyperparameters) -> list[float]:
