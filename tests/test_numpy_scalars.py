@@ -80,3 +80,16 @@ def test_bools_and_out_of_range_numpy_scalars_are_refused(options):
     (name,) = options
     with pytest.raises(ValueError, match=f"{name}="):
         Adafactor([torch.nn.Parameter(torch.ones(2))], **options)
+
+
+def test_numpy_options_save_as_plain_numbers_that_load_with_weights_only(tmp_path):
+    # torch.load(weights_only=True), torch's default, refuses numpy scalars in a checkpoint.
+    params = [torch.nn.Parameter(torch.randn(4, 3))]
+    opt = Adafactor(params, lr=np.float32(1e-2), weight_decay=np.float64(0.1))
+    opt.param_groups[0]["decay_offset"] = np.int64(2)  # set later, as a sweep tool may
+    params[0].grad = torch.randn(4, 3)
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    saved = torch.load(tmp_path / "opt.pt", weights_only=True)
+    group = saved["param_groups"][0]
+    assert type(group["lr"]) is float and type(group["decay_offset"]) is int

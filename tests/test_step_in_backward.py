@@ -11,30 +11,23 @@ from torch import nn
 
 from adafactor import Adafactor
 from adafactor.presets import ADAM
+from helpers import packed_option_sets
 
-FAMILIES = {
-    "defaults": {},
-    "momentum-decay": {"beta1": 0.9, "weight_decay": 0.1, "clip_threshold": 0.5},
-    "adam-factored": {**ADAM, "factored": True, "lr": 1e-3},
-    "absolute-unfactored-maximize": {
-        "relative_step": False,
-        "lr": 3e-3,
-        "factored": False,
-        "maximize": True,
-    },
-    "per-slice-cap-offset": {
-        "rms_per_slice": True,
-        "beta2_cap": 0.9,
-        "decay_offset": 1,
-        "factor_dims": "last",
-    },
-    "bf16-momentum-diagnostics": {
-        "beta1": 0.8,
-        "momentum_dtype": torch.bfloat16,
-        "diagnostics": True,
-        "warmup_init": True,
-    },
-}
+
+def _families() -> dict[str, dict]:
+    """The defaults, Adam's preset and every sample and edge case of the options table
+    (``helpers.packed_option_sets``), the host-only ones too: stochastic rounding left out,
+    whose random bits are drawn per step call (docs/step_in_backward.md)."""
+    families = {"defaults": {}, "adam": {**ADAM, "factored": True, "lr": 1e-3}}
+    for i, options in enumerate(packed_option_sets()):
+        options = {k: v for k, v in options.items() if k != "stochastic_rounding"}
+        families[f"table-{i}"] = options
+    families["diagnostics-raise"] = {"diagnostics": True, "nonfinite_grad": "raise", "beta1": 0.9}
+    families["last-dims-per-slice"] = {"factor_dims": "last", "rms_per_slice": True}
+    return families
+
+
+FAMILIES = _families()
 
 
 class Net(nn.Module):
@@ -50,7 +43,7 @@ class Net(nn.Module):
 
         self.embed = param(11, 8)  # tied: the input embedding and the output projection
         self.twice = param(8, 8)
-        self.stack = param(3, 8, 5)
+        self.stack = param(8, 3, 8)  # "largest" factors dims 0 and 2, "last" dims 1 and 2
         self.bias = param(8)
         self.frozen = param(8, 8)
         self.frozen.requires_grad_(False)
@@ -62,7 +55,7 @@ class Net(nn.Module):
         h = h @ self.frozen
         if step % 2 == 0:
             h = h + torch.tanh(h @ self.sometimes)
-        h = h + torch.einsum("bi,eij->bj", h, self.stack).sum(-1, keepdim=True)
+        h = h + torch.einsum("bi,ije->be", h, self.stack)
         return h @ self.embed.T
 
 

@@ -30,6 +30,7 @@ from .options import (
     NonfiniteGrad,
     WeightDecayScale,
     check_tensor_lr_value,
+    plain_numbers,
     validate_options,
 )
 from .phases import Applied
@@ -117,6 +118,7 @@ class Adafactor(Optimizer):
         if isinstance(eps, list):
             defaults["eps"] = tuple(eps)
         validate_options(defaults)
+        plain_numbers(defaults)
         check_tensor_lr_value(lr, "Adafactor")
         _check_accumulation_steps(accumulation_steps)
         if not isinstance(step_in_backward, bool):
@@ -210,6 +212,7 @@ class Adafactor(Optimizer):
             param_group["eps"] = tuple(param_group["eps"])
         where = f"param_groups[{len(self.param_groups)}]"
         validate_options({**self.defaults, **param_group}, where=where)
+        plain_numbers(param_group)
         check_tensor_lr_value(param_group.get("lr"), where)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -366,6 +369,8 @@ class Adafactor(Optimizer):
         if cached is not None and cached.key == key and cached.group is group:
             return cached
         validate_options(group, where=f"param_groups[{g_index}]")
+        plain_numbers(group)  # a numpy scalar set since, e.g. by a sweep tool
+        key = tuple(id(group[name]) for name in DEFAULTS)
         options = _Options(group, key, Hyperparameters.from_group(group))
         if not torch.compiler.is_compiling():
             self._validated[g_index] = options

@@ -534,6 +534,16 @@ DEFAULTS: dict[str, Any] = {o.name: o.default for o in OPTIONS}
 NUMERIC: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.numeric)
 
 
+def plain_numbers(group: dict[str, Any]) -> None:
+    """Replace the numpy scalars among ``group``'s options by Python numbers of the same
+    value, in place: a state dict holding numpy scalars does not load under
+    ``torch.load(weights_only=True)``, torch's default."""
+    for name in DEFAULTS:
+        if name in group:
+            value = group[name]
+            group[name] = tuple(map(_plain, value)) if name == "eps" else _plain(value)
+
+
 def validate_options(options: Mapping[str, Any], where: str = "Adafactor") -> None:
     """Raise a ``ValueError`` naming the first invalid option in ``options`` (every option
     must be present), or an option that needs another."""
