@@ -152,6 +152,18 @@ def count_nonfinite(x: Tensor) -> Tensor:
     return x.isfinite().logical_not().sum(dtype=x.dtype)
 
 
+def compensated_write(x: Tensor, param: Tensor, residual: Tensor, finite: Tensor) -> None:
+    """Guards a 16-bit parameter's updates against rounding (Kahan's compensated summation):
+    float32 ``x`` is written to ``param`` rounded to nearest, and what that rounding dropped,
+    ``x − param``, to ``residual`` (of the parameter's dtype), so that ``param + residual``
+    carries ``x`` to the residual's own precision and the next step starts from it; in
+    place, and only where ``finite`` (else both stay as they were)."""
+    written = x.to(param.dtype)
+    dropped = x.sub_(written.to(x.dtype)).to(residual.dtype)  # exact in float32
+    torch.where(finite, written, param, out=param)
+    torch.where(finite, dropped, residual, out=residual)
+
+
 def stochastic_round_to_bfloat16(x: Tensor) -> Tensor:
     """Guards small updates of a bfloat16 parameter against being rounded away: float32 ``x``
     rounded to bfloat16 up or down at random, so that ``E[round(x)] = x``. A uniform random

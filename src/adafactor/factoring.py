@@ -83,9 +83,12 @@ PARAM_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 arithmetic of their own in torch, so no path could step them."""
 
 
+SIXTEEN_BITS = (torch.bfloat16, torch.float16)
+
+
 def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
     """Statistics and math run in float32 for 16-bit parameters, else in the parameter's dtype."""
-    return torch.float32 if param_dtype in (torch.float16, torch.bfloat16) else param_dtype
+    return torch.float32 if param_dtype in SIXTEEN_BITS else param_dtype
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,11 @@ def state_layout(
     min_dim_size_to_factor: int,
     momentum: bool,
     momentum_dtype: torch.dtype | None = None,
+    compensated: bool = False,
 ) -> dict[str, StateSpec]:
     """The state Adafactor keeps for one parameter: a step count and a count of skipped
-    non-finite steps, factored (R, C) or full second-moment statistics, and momentum if on."""
+    non-finite steps, factored (R, C) or full second-moment statistics, momentum if on, and
+    with ``compensated`` rounding a 16-bit parameter's residual (of its own dtype)."""
     dtype = state_dtype(param_dtype)
     shape = tuple(shape)
     layout = {
@@ -127,4 +132,6 @@ def state_layout(
         layout["exp_avg_sq_col"] = StateSpec(col_shape(shape, dims), dtype)
     if momentum:
         layout["exp_avg"] = StateSpec(shape, momentum_dtype or dtype)
+    if compensated and param_dtype in SIXTEEN_BITS:
+        layout["residual"] = StateSpec(shape, param_dtype)
     return layout

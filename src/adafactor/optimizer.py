@@ -28,13 +28,22 @@ from .options import (
     Hyperparameters,
     Momentum,
     NonfiniteGrad,
+    Rounding,
     WeightDecayScale,
     check_tensor_lr_value,
     plain_numbers,
     validate_options,
 )
 from .phases import Applied
-from .state_dicts import check_loadable, check_state, describe, fits, normalized_state_dict
+from .state_dicts import (
+    RESIDUAL,
+    adopt_residual,
+    check_loadable,
+    check_state,
+    describe,
+    fits,
+    normalized_state_dict,
+)
 from .step import Entry, FastPath, group_step
 
 _DOC = r"""Adafactor (Shazeer & Stern, ICML 2018), faithful to the paper by default.
@@ -107,6 +116,7 @@ class Adafactor(Optimizer):
         rms_per_slice: bool = False,
         maximize: bool = False,
         stochastic_rounding: bool = False,
+        rounding: Rounding = "nearest",
         fused: bool | None = None,
         diagnostics: bool = False,
         nonfinite_grad: NonfiniteGrad = "skip",
@@ -260,6 +270,7 @@ class Adafactor(Optimizer):
             min_dim_size_to_factor=group["min_dim_size_to_factor"],
             momentum=group["beta1"] is not None,
             momentum_dtype=group["momentum_dtype"],
+            compensated=group["rounding"] == "compensated",
         )
 
     @property
@@ -452,6 +463,7 @@ class Adafactor(Optimizer):
         work = []
         raising = []
         converting = []
+        residuals = []
         selected: dict[int, list[int]] = {}
         for p in only or []:
             g_index, p_index = self._where[id(p)]
@@ -487,11 +499,16 @@ class Adafactor(Optimizer):
                     layout = self.layout(p, group)
                     if not fits(state, layout):
                         check_state(describe(group, g_index, p_index, p), state, layout)
+                        if (RESIDUAL in state) != (RESIDUAL in layout):
+                            residuals.append((p, state, layout))
                         converting += [
                             (state, key, spec.dtype)
                             for key, spec in layout.items()
-                            if state[key].dtype != spec.dtype
-                            or not local(state[key]).is_contiguous()
+                            if key in state
+                            and (
+                                state[key].dtype != spec.dtype
+                                or not local(state[key]).is_contiguous()
+                            )
                         ]
                 params.append(p)
                 if group["nonfinite_grad"] == "raise":
@@ -513,6 +530,9 @@ class Adafactor(Optimizer):
             # Contiguous too: the steps view state as the parameter's canonical shape (a
             # transposed tensor from a converted checkpoint would be read in the wrong order).
             state[key] = state[key].to(dtype).contiguous()
+        for p, state, layout in residuals:
+            zeros = zeros_like_state(p, layout[RESIDUAL]) if RESIDUAL in layout else p
+            adopt_residual(p, state, layout, zeros)
         return work
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -552,7 +572,7 @@ class Adafactor(Optimizer):
             self.state[p] = {
                 key: value.to(
                     device=p.device,
-                    dtype=layout[key].dtype,
+                    dtype=layout[key].dtype if key in layout else p.dtype,
                     copy=True,
                     memory_format=torch.contiguous_format,  # the steps' canonical views need it
                 )

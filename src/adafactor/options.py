@@ -31,6 +31,8 @@ MOMENTUM_KINDS: tuple[str, ...] = ("step", "gradient")
 WEIGHT_DECAY_SCALES: tuple[str, ...] = ("rho", "alpha", "lr", "none")
 FACTOR_RULES: tuple[str, ...] = ("largest", "last")
 NONFINITE_POLICIES: tuple[str, ...] = ("skip", "raise")
+Rounding = Literal["nearest", "stochastic", "compensated"]
+ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic", "compensated")
 
 Check = Callable[[Any], str | None]
 """Returns why a value is invalid, or ``None`` when it is valid."""
@@ -66,9 +68,12 @@ class Option:
     in_reference: bool
     """Whether the float64 reference (``reference.py``) takes it: the tests compare the others
     with the eager step only."""
-    randomized: bool
-    """Whether its samples draw random bits (stochastic rounding): the step paths draw them
+    randomized: tuple[Any, ...]
+    """Its values that draw random bits (stochastic rounding): the step paths draw them
     differently, so they agree on what the rounding guarantees, not bit for bit."""
+    dtypes: tuple[torch.dtype, ...]
+    """The parameter dtypes its samples act on, where not every one (16-bit rounding): the
+    tests step those."""
 
 
 def option(
@@ -85,7 +90,8 @@ def option(
     edge_cases: tuple[Any, ...] = (),
     host_only: str = "",
     in_reference: bool = True,
-    randomized: bool = False,
+    randomized: tuple[Any, ...] = (),
+    dtypes: tuple[torch.dtype, ...] = (),
 ) -> Any:
     """A field of ``Hyperparameters`` with an ``Option``'s metadata."""
     metadata = dict(
@@ -101,6 +107,7 @@ def option(
         host_only=host_only,
         in_reference=in_reference,
         randomized=randomized,
+        dtypes=dtypes,
     )
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -421,14 +428,34 @@ class Hyperparameters:
     stochastic_rounding: bool = option(
         False,
         "",
-        "write bfloat16 parameters with unbiased stochastic rounding, so updates below half a "
-        "bf16 step are not lost",
-        "write bfloat16 parameters with unbiased stochastic rounding rather than "
-        "round-to-nearest, so that updates below half a bfloat16 step are not lost.",
+        '`True` is `rounding="stochastic"` (kept as an alias)',
+        '``True`` is ``rounding="stochastic"``, the name this option had first (kept working '
+        "as an alias).",
         _boolean,
         samples=(True,),
         in_reference=False,
-        randomized=True,
+        randomized=(True,),
+        dtypes=(torch.bfloat16,),
+    )
+    rounding: Rounding = option(
+        "nearest",
+        "",
+        'how a 16-bit parameter is written after the float32 math: `"nearest"`, '
+        '`"stochastic"` (bfloat16: unbiased), or `"compensated"` (a 16-bit residual per '
+        "element in the state carries what rounding dropped)",
+        "how a bfloat16 or float16 parameter is written after the float32 math of its step: "
+        '``"nearest"`` rounds to nearest (an update below half a step of the parameter\'s '
+        'dtype is lost); ``"stochastic"`` (bfloat16) rounds up or down at random, unbiased; '
+        '``"compensated"`` keeps a residual of the parameter\'s dtype per element in the '
+        'state (``state["residual"]``, 2 bytes per element) with ``x + r`` the value the '
+        "float32 step computed, so nothing is lost (Kahan's compensated summation). Other "
+        "parameters are written exactly either way.",
+        _one_of(ROUNDINGS),
+        since="0.3.0",
+        samples=("stochastic", "compensated"),
+        in_reference=False,
+        randomized=("stochastic",),
+        dtypes=(torch.bfloat16, torch.float16),
     )
     fused: bool | None = option(
         None,
@@ -493,6 +520,12 @@ class Hyperparameters:
         return self.beta1 is not None and self.momentum_of == "gradient"
 
     @property
+    def written_as(self) -> str:
+        """How a 16-bit parameter is written: ``rounding``, or ``"stochastic"`` under its
+        older name ``stochastic_rounding=True``."""
+        return "stochastic" if self.stochastic_rounding else self.rounding
+
+    @property
     def step_momentum(self) -> bool:
         """Whether momentum averages the steps (``momentum_of="step"``)."""
         return self.beta1 is not None and self.momentum_of == "step"
@@ -553,6 +586,11 @@ def validate_options(options: Mapping[str, Any], where: str = "Adafactor") -> No
             raise ValueError(
                 f"{where}: {option.name}={options[option.name]!r} is invalid: {reason}"
             )
+    if options["stochastic_rounding"] and options["rounding"] == "compensated":
+        raise ValueError(
+            f'{where}: stochastic_rounding=True is rounding="stochastic", which contradicts '
+            'rounding="compensated": give one of them'
+        )
     if options["warmup_init"] and not options["relative_step"]:
         raise ValueError(
             f"{where}: warmup_init=True is invalid: it needs relative_step=True (it warms up "

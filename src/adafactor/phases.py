@@ -33,6 +33,7 @@ from .equations import (
     PARAM_SCALES,
     bias_correction,
     clipping_divisor,
+    compensated_write,
     count_nonfinite,
     inverse_sqrt_factors,
     lr_is_finite,
@@ -74,6 +75,7 @@ class TensorState(NamedTuple):
     nonfinite_skips: Tensor
     second_moment: Factored | Full
     momentum: Tensor | None  # the average of steps or gradients, with β1
+    residual: Tensor | None = None  # what rounding a 16-bit parameter dropped (compensated)
 
     @classmethod
     def of(cls, state: Mapping[str, Tensor], dims: tuple[int, int] | None) -> TensorState:
@@ -85,7 +87,8 @@ class TensorState(NamedTuple):
                 canonical(state["exp_avg_sq_row"], dims), canonical(state["exp_avg_sq_col"], dims)
             )
         mom = canonical(state["exp_avg"], dims) if "exp_avg" in state else None
-        return cls(state["step"], state["nonfinite_skips"], second, mom)
+        residual = canonical(state["residual"], dims) if "residual" in state else None
+        return cls(state["step"], state["nonfinite_skips"], second, mom, residual)
 
 
 class Size(NamedTuple):
@@ -330,6 +333,7 @@ def apply_update(
             decay,
             finite,
             hp,
+            rows_of(state.residual, rows),
         )
     if isinstance(statistics, FactoredStatistics):
         commit(finite, statistics.row, statistics.state.row)
@@ -349,10 +353,12 @@ def update_rows(
     decay: Tensor,
     finite: Tensor,
     hp: Hyperparameters,
+    residual_rows: Tensor | None = None,
 ) -> None:
     """Phase 3's pass over the full-size tensors, or rows ``rows`` of them:
     ``X ← X − step − decay·X`` with ``step = step_scale·U_t`` or its momentum average, and the
-    full-size state, all only where ``finite``. X and G are read once each, in ``dtype``."""
+    full-size state, all only where ``finite``. X and G are read once each, in ``dtype``;
+    with a residual (compensated rounding) X is the parameter plus its residual."""
     s, dtype = statistics.schedule, step_scale.dtype
     g = grad.to(dtype)
     d = g
@@ -378,9 +384,13 @@ def update_rows(
     # X_t = X − (step + decay·X), or X where a value is not finite; formed in place in the
     # step's buffer.
     x = param.to(dtype)
+    if residual_rows is not None:
+        x.add_(residual_rows)
     x_new = step.addcmul_(x, decay).masked_fill_(finite.logical_not(), 0.0).neg_().add_(x)
     del x
-    if hp.stochastic_rounding and param.dtype == torch.bfloat16:
+    if residual_rows is not None:
+        compensated_write(x_new, param, residual_rows, finite)
+    elif hp.written_as == "stochastic" and param.dtype == torch.bfloat16:
         param.copy_(stochastic_round_to_bfloat16(x_new))
     else:
         param.copy_(x_new)

@@ -19,6 +19,8 @@ from .options import validate_options
 Layout = Callable[[Tensor, Mapping[str, Any]], Mapping[str, StateSpec]]
 """The state a parameter keeps under a group's options (``Adafactor.layout``)."""
 
+RESIDUAL = "residual"
+"""The state of compensated rounding: absent, it is zero (a checkpoint saved without it)."""
 COUNTERS = ("step", "nonfinite_skips")
 """State that counts steps: whole numbers ≥ 0."""
 STATISTICS = ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")
@@ -99,13 +101,17 @@ def check_state(
 ) -> None:
     """Raise if ``state`` does not have ``layout``'s keys and shapes, or (``values``) holds
     values no step could have made: non-finite or negative statistics, non-finite momentum,
-    counts that are not whole numbers ≥ 0. Reading the values waits for their device."""
-    if set(state) != set(layout):
+    counts that are not whole numbers ≥ 0. Reading the values waits for their device. A
+    ``residual`` (compensated rounding) may be missing, or there without the layout's asking:
+    the step then starts it at zero, or folds it into the parameter (``adopt_residual``)."""
+    if set(state) - {RESIDUAL} != set(layout) - {RESIDUAL}:
         raise ValueError(
             f"{what}: state has keys {sorted(state)}, but its options call for {sorted(layout)} "
             "(was it saved with other options, or by another optimizer?)"
         )
     for key, spec in layout.items():
+        if key not in state:
+            continue
         value = state[key]
         if not isinstance(value, Tensor) or tuple(value.shape) != spec.shape:
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -132,6 +138,19 @@ def _value_problem(key: str, value: Tensor) -> str | None:
     if key in STATISTICS and bool((value < 0).any()):
         return "holds negative values: averages of squares cannot be negative"
     return None
+
+
+def adopt_residual(
+    param: Tensor, state: dict[str, Any], layout: Mapping[str, StateSpec], zeros: Tensor
+) -> None:
+    """Make ``state``'s residual what ``layout`` asks for, losing nothing: start a missing one
+    at ``zeros``; fold one the layout no longer has (rounding switched from compensated, or a
+    parameter no longer 16-bit) into ``param``, whose value it was part of."""
+    if RESIDUAL in layout and RESIDUAL not in state:
+        state[RESIDUAL] = zeros
+    elif RESIDUAL in state and RESIDUAL not in layout:
+        residual = state.pop(RESIDUAL)
+        param.copy_(param.to(torch.float32).add_(residual.to(torch.float32)))
 
 
 def check_loadable(

@@ -397,7 +397,7 @@ def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
     del device  # always the CPU
     seed = (
         torch.randint(0, 2**62, (1,))
-        if hp.stochastic_rounding
+        if hp.written_as == "stochastic"
         else torch.zeros(1, dtype=torch.int64)
     )
     return Numbers(

@@ -423,7 +423,7 @@ def flags(hp: Hyperparameters) -> list[int]:
         Flag.WARMUP_INIT: hp.warmup_init,
         Flag.SCALE_PARAMETER: hp.scale_parameter,
         Flag.MAXIMIZE: hp.maximize,
-        Flag.STOCHASTIC_ROUNDING: hp.stochastic_rounding,
+        Flag.STOCHASTIC_ROUNDING: hp.written_as == "stochastic",
         Flag.CLIP: hp.clip_threshold is not None,
         Flag.BETA2: hp.beta2 is not None,
         Flag.BETA2_CAP: hp.beta2_cap is not None,

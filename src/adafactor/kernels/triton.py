@@ -104,7 +104,7 @@ def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
     on_device.copy_(values, non_blocking=True)
     if lr_on_device:
         on_device[HP.LR].copy_(hp.lr.detach().reshape(()))  # type: ignore[union-attr]
-    if hp.stochastic_rounding:
+    if hp.written_as == "stochastic":
         seed = torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int32)
     else:
         seed = torch.zeros(1, device=device, dtype=torch.int32)
