@@ -116,6 +116,29 @@ def fsdp2_in_backward_matches_single_process(rank: int, tmp: Path) -> None:
             assert int(opt.state[model.w1]["step"]) == STEPS
 
 
+def shards_round_independently_and_replicas_alike(rank: int, tmp: Path) -> None:
+    # Stochastic rounding's bits hash where a shard starts: two shards holding the same values
+    # and gradients round differently, the replicas of a replicated parameter alike.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    half = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
+    value, grad = torch.cat([half, half]), torch.cat([half, half]).flip(1)
+    sharded = nn.Parameter(distribute_tensor(value.bfloat16(), mesh, [Shard(0)]))
+    replicated = nn.Parameter(distribute_tensor(value.bfloat16(), mesh, [Replicate()]))
+    opt = Adafactor([sharded, replicated], rounding="stochastic", rounding_seed=3, fused=False)
+    sharded.grad = distribute_tensor(grad.bfloat16(), mesh, [Shard(0)])
+    replicated.grad = distribute_tensor(grad.bfloat16(), mesh, [Replicate()])
+    opt.step()
+    whole = sharded.detach().full_tensor()
+    assert not torch.equal(whole[:64], whole[64:])
+    mine = replicated.detach().to_local()
+    gathered = [torch.empty_like(mine) for _ in range(WORLD)]
+    dist.all_gather(gathered, mine)
+    assert torch.equal(gathered[0], gathered[1])
+
+
 def ddp_in_backward_is_refused(rank: int, tmp: Path) -> None:
     model = Net()
     ddp = nn.parallel.DistributedDataParallel(model)
@@ -275,6 +298,10 @@ def test_stacked_shards_match_single_process(tmp_path):
 
 def test_fsdp2_in_backward_matches_single_process(tmp_path):
     spawn(fsdp2_in_backward_matches_single_process, tmp_path)
+
+
+def test_shards_round_independently_and_replicas_alike(tmp_path):
+    spawn(shards_round_independently_and_replicas_alike, tmp_path)
 
 
 def test_ddp_in_backward_is_refused(tmp_path):

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from adafactor import Adafactor, optimizer_state_bytes, state_bytes
-from adafactor.equations import stochastic_round_to_bfloat16
+from adafactor.equations import rounding_noise, stochastic_round_to_bfloat16
 
 
 @pytest.mark.parametrize("value", [1.0 + 0.3 * 2**-7, -3.0 - 0.9 * 2**-6, 1e-3 * (1 + 0.5 * 2**-7)])
 def test_stochastic_rounding_is_unbiased(value):
-    torch.manual_seed(0)
     n = 200_000
-    rounded = stochastic_round_to_bfloat16(torch.full((n,), value)).double()
+    noise = rounding_noise(12345, 7, torch.tensor(3.0), torch.arange(n))  # the step's own bits
+    rounded = stochastic_round_to_bfloat16(torch.full((n,), value), noise).double()
     below = torch.tensor(value).bfloat16().double()  # round-to-nearest lands on a neighbour
     spacing = 2.0 ** (math.floor(math.log2(abs(value))) - 7)
     assert set(rounded.unique().tolist()) <= {
@@ -27,7 +27,26 @@ def test_stochastic_rounding_is_unbiased(value):
 
 def test_stochastic_rounding_keeps_representable_values():
     x = torch.randn(10_000).bfloat16()
-    assert torch.equal(stochastic_round_to_bfloat16(x.float()), x)
+    noise = rounding_noise(0, 0, torch.tensor(1.0), torch.arange(x.numel()))
+    assert torch.equal(stochastic_round_to_bfloat16(x.float(), noise), x)
+
+
+def test_the_noise_is_uniform_over_its_16_bits_and_changes_with_every_input():
+    n = 1 << 18
+    noise = rounding_noise(99, 3, torch.tensor(5.0), torch.arange(n))
+    counts = torch.bincount(noise >> 8, minlength=256).double()  # the top 8 of the 16 bits
+    expected = n / 256
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 255 + 5 * math.sqrt(2 * 255)  # 255 degrees of freedom, 5 sigma
+    assert torch.bincount(noise & 1, minlength=2).double().div(n).sub(0.5).abs().max() < 0.01
+    base = noise[:1000]
+    for other in (
+        rounding_noise(98, 3, torch.tensor(5.0), torch.arange(1000)),  # seed
+        rounding_noise(99, 4, torch.tensor(5.0), torch.arange(1000)),  # parameter
+        rounding_noise(99, 3, torch.tensor(6.0), torch.arange(1000)),  # step
+        rounding_noise(99, 3, torch.tensor(5.0), torch.arange(1000) + (1 << 32)),  # position
+    ):
+        assert (other != base).float().mean() > 0.99
 
 
 def test_small_updates_survive_in_bfloat16():

@@ -124,3 +124,17 @@ def complete_sums(sums: Sequence[LocalSum]) -> None:
         dist.all_reduce(flat, group=group)
         for value, summed in zip(values, flat.split([v.numel() for v in values])):
             value.copy_(summed.view_as(value))
+
+
+def shard_salt(t: Tensor) -> int:
+    """A number of where this process's piece of ``t`` starts in the whole tensor (0 for a
+    tensor held whole): pieces that start apart get other numbers, replicas the same."""
+    if not is_distributed(t):
+        return 0
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    salt = 0
+    for start in offset:
+        salt = (salt * 1_000_003 + int(start)) & 0xFFFFFFFF
+    return salt

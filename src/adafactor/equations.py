@@ -164,10 +164,34 @@ def compensated_write(x: Tensor, param: Tensor, residual: Tensor, finite: Tensor
     torch.where(finite, dropped, residual, out=residual)
 
 
-def stochastic_round_to_bfloat16(x: Tensor) -> Tensor:
+def stochastic_round_to_bfloat16(x: Tensor, noise: Tensor) -> Tensor:
     """Guards small updates of a bfloat16 parameter against being rounded away: float32 ``x``
-    rounded to bfloat16 up or down at random, so that ``E[round(x)] = x``. A uniform random
-    integer below 2¹⁶ is added to the 16 bits that bfloat16 drops, which are then cut."""
-    bits = x.view(torch.int32)
-    noise = torch.randint_like(bits, 0, 1 << 16)
-    return noise.add_(bits).bitwise_and_(-(1 << 16)).view(torch.float32).to(torch.bfloat16)
+    rounded to bfloat16 up or down at random, so that ``E[round(x)] = x``. ``noise``, a
+    uniform random integer below 2¹⁶ per element (``rounding_noise``), is added to the 16
+    bits that bfloat16 drops, which are then cut."""
+    bits = noise.to(torch.int32).add_(x.view(torch.int32))
+    return bits.bitwise_and_(-(1 << 16)).view(torch.float32).to(torch.bfloat16)
+
+
+MASK32 = 0xFFFFFFFF
+
+
+def mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (Wellons' "lowbias32") of int64 tensors holding values below
+    2³²: its multipliers are below 2³¹, so no int64 product overflows, and masking keeps the
+    32-bit wrap-around that C and Triton get from unsigned arithmetic."""
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x735A2D97) & MASK32
+    return x ^ (x >> 15)
+
+
+def rounding_noise(seed: int, stream: int, t: Tensor, index: Tensor) -> Tensor:
+    """Stochastic rounding's 16 random bits for the elements at flat positions ``index`` of a
+    parameter (int64), at step ``t``: a hash of the position, the step, the parameter
+    (``stream``) and the ``seed``. Counter-based, so the bits are the same whatever order the
+    parameters step in or however they are grouped (inside the backward pass too), and a run
+    resumed from a checkpoint (which holds ``t`` and the seed) goes on with the same bits."""
+    per_step = mix32(mix32(mix32(t.to(torch.int64) & MASK32) ^ (stream & MASK32)) ^ seed)
+    return mix32(mix32((index & MASK32) ^ per_step) ^ (index >> 32)) & 0xFFFF

@@ -16,7 +16,14 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from .distributed import check_placements, complete_sums, is_distributed, local, zeros_like_state
+from .distributed import (
+    check_placements,
+    complete_sums,
+    is_distributed,
+    local,
+    shard_salt,
+    zeros_like_state,
+)
 from .factoring import PARAM_DTYPES, StateSpec, factored_dims, state_dtype, state_layout
 from .in_backward import InBackward
 from .kernels import backend_for
@@ -117,6 +124,7 @@ class Adafactor(Optimizer):
         maximize: bool = False,
         stochastic_rounding: bool = False,
         rounding: Rounding = "nearest",
+        rounding_seed: int | None = None,
         fused: bool | None = None,
         diagnostics: bool = False,
         nonfinite_grad: NonfiniteGrad = "skip",
@@ -129,6 +137,8 @@ class Adafactor(Optimizer):
             defaults["eps"] = tuple(eps)
         validate_options(defaults)
         plain_numbers(defaults)
+        if rounding_seed is None:  # drawn once, then saved with the groups: a resume goes on
+            defaults["rounding_seed"] = int(torch.randint(0, 2**32, (), dtype=torch.int64))
         check_tensor_lr_value(lr, "Adafactor")
         _check_accumulation_steps(accumulation_steps)
         if not isinstance(step_in_backward, bool):
@@ -428,11 +438,19 @@ class Adafactor(Optimizer):
                     p.shape,
                     p,
                     dtype,
+                    self._stream(p),
                 )
             )
         return group_step(
             entries, complete_sums if distributed else None, fast, report=group["diagnostics"]
         )
+
+    def _stream(self, p: Tensor) -> int:
+        """Which stream of stochastic rounding's bits is ``p``'s: its place in the groups,
+        and for a shard of a distributed parameter where the shard starts (its replicas
+        round alike, its other shards independently)."""
+        g_index, p_index = self._where[id(p)]
+        return (g_index << 24 | p_index) ^ shard_salt(p)
 
     def _record(self, p: Tensor, applied: Applied, group: Mapping[str, Any]) -> None:
         slice_shape = _slice_shape(p, group)

@@ -205,6 +205,12 @@ def _check_count(low: int) -> Check:
     return check
 
 
+def _seed(value: Any) -> str | None:
+    if value is None or (_is_integer(value) and 0 <= value < 2**32):
+        return None
+    return "must be None or an integer in [0, 2^32)"
+
+
 def _check_dtype(value: Any) -> str | None:
     if value is None or (isinstance(value, torch.dtype) and value.is_floating_point):
         return None
@@ -456,6 +462,25 @@ class Hyperparameters:
         in_reference=False,
         randomized=("stochastic",),
         dtypes=(torch.bfloat16, torch.float16),
+    )
+    rounding_seed: int | None = option(
+        None,
+        "",
+        "the seed of stochastic rounding's random bits; `None`: drawn from torch's generator "
+        "when the optimizer is made",
+        "the seed of stochastic rounding's random bits, which are a hash of the seed, the "
+        "parameter, the step number and the element: the same seed gives the same run, in "
+        "whatever order the parameters step (inside the backward pass too), and a resumed run "
+        "goes on with the same bits (the seed is saved with the groups). ``None`` (default): "
+        "drawn from torch's generator when the optimizer is made (``torch.manual_seed`` first "
+        "makes it reproducible).",
+        _seed,
+        since="0.3.0",
+        samples=(12345,),
+        context={"rounding": "stochastic"},
+        in_reference=False,
+        randomized=(12345,),
+        dtypes=(torch.bfloat16,),
     )
     fused: bool | None = option(
         None,

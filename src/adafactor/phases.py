@@ -40,6 +40,7 @@ from .equations import (
     momentum,
     normalized_update,
     rms,
+    rounding_noise,
     scaled_square,
     second_moment_statistic,
     step_size,
@@ -49,7 +50,7 @@ from .equations import (
 )
 from .options import Hyperparameters
 from .schedules import rho, second_moment_decay
-from .tiling import COLS, ROWS, Rows, canonical, column_sums, row_chunks, rows_of
+from .tiling import COLS, ROWS, Rows, canonical, column_sums, element_positions, row_chunks, rows_of
 
 # --- What a phase reads ---------------------------------------------------------------------
 
@@ -76,9 +77,12 @@ class TensorState(NamedTuple):
     second_moment: Factored | Full
     momentum: Tensor | None  # the average of steps or gradients, with β1
     residual: Tensor | None = None  # what rounding a 16-bit parameter dropped (compensated)
+    stream: int = 0  # which stream of stochastic rounding's bits is this parameter's
 
     @classmethod
-    def of(cls, state: Mapping[str, Tensor], dims: tuple[int, int] | None) -> TensorState:
+    def of(
+        cls, state: Mapping[str, Tensor], dims: tuple[int, int] | None, stream: int = 0
+    ) -> TensorState:
         """The state dict's tensors, viewed for a tensor factored over ``dims`` (or not)."""
         if dims is None:
             second: Factored | Full = Full(canonical(state["exp_avg_sq"], None))
@@ -88,7 +92,7 @@ class TensorState(NamedTuple):
             )
         mom = canonical(state["exp_avg"], dims) if "exp_avg" in state else None
         residual = canonical(state["residual"], dims) if "residual" in state else None
-        return cls(state["step"], state["nonfinite_skips"], second, mom, residual)
+        return cls(state["step"], state["nonfinite_skips"], second, mom, residual, stream)
 
 
 class Size(NamedTuple):
@@ -322,9 +326,16 @@ def apply_update(
     update_rms = rms(statistics.sum_sq_u, size.rms_count)
     step_scale = alpha_t / clipping_divisor(update_rms, hp.clip_threshold)
     decay = weight_decay_rate(hp.weight_decay, hp.weight_decay_scale, s.rho_t, alpha_t, hp.lr)
+    stochastic = hp.written_as == "stochastic" and param.dtype == torch.bfloat16
     for rows in row_chunks(param):
+        chunk = rows_of(param, rows)
+        noise = None
+        if stochastic:
+            assert hp.rounding_seed is not None  # drawn when the optimizer was made
+            positions = element_positions(chunk, param)
+            noise = rounding_noise(hp.rounding_seed, state.stream, s.t, positions)
         update_rows(
-            rows_of(param, rows),
+            chunk,
             rows_of(grad, rows),
             statistics,
             rows,
@@ -334,6 +345,7 @@ def apply_update(
             finite,
             hp,
             rows_of(state.residual, rows),
+            noise,
         )
     if isinstance(statistics, FactoredStatistics):
         commit(finite, statistics.row, statistics.state.row)
@@ -354,6 +366,7 @@ def update_rows(
     finite: Tensor,
     hp: Hyperparameters,
     residual_rows: Tensor | None = None,
+    noise: Tensor | None = None,
 ) -> None:
     """Phase 3's pass over the full-size tensors, or rows ``rows`` of them:
     ``X ← X − step − decay·X`` with ``step = step_scale·U_t`` or its momentum average, and the
@@ -390,8 +403,8 @@ def update_rows(
     del x
     if residual_rows is not None:
         compensated_write(x_new, param, residual_rows, finite)
-    elif hp.written_as == "stochastic" and param.dtype == torch.bfloat16:
-        param.copy_(stochastic_round_to_bfloat16(x_new))
+    elif noise is not None:  # stochastic rounding of a bfloat16 parameter
+        param.copy_(stochastic_round_to_bfloat16(x_new, noise))
     else:
         param.copy_(x_new)
 

@@ -47,7 +47,8 @@ class Entry(NamedTuple):
     no views): ``param``, ``grad`` (contiguous) and ``state`` are the tensors this process
     holds (the local shard of a distributed parameter); ``shape`` and ``dims`` (the factored
     pair, or ``None``) are the whole parameter's; ``key`` is the parameter that names its
-    partial sums; ``dtype`` the dtype of its statistics and math."""
+    partial sums; ``dtype`` the dtype of its statistics and math; ``stream`` the number that
+    tells its stochastic rounding's bits from other parameters' and other shards'."""
 
     param: Tensor
     grad: Tensor
@@ -57,6 +58,7 @@ class Entry(NamedTuple):
     shape: Sequence[int]
     key: Tensor
     dtype: torch.dtype
+    stream: int = 0
 
 
 class TensorStep(NamedTuple):
@@ -81,7 +83,7 @@ def tensor_step(entry: Entry) -> TensorStep:
     return TensorStep(
         canonical(contiguous, dims),
         canonical(entry.grad, dims),
-        TensorState.of(entry.state, dims),
+        TensorState.of(entry.state, dims, entry.stream),
         entry.hp,
         Size.of(entry.shape, dims, entry.hp.rms_per_slice),
         dims,

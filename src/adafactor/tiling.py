@@ -81,3 +81,16 @@ def rows_of(t: Tensor | None, rows: Rows) -> Tensor | None:
         return t
     dim = 1 if t.dim() == 5 else 0
     return t if t.shape[dim] == 1 else t.narrow(dim, *rows)
+
+
+def element_positions(chunk: Tensor, whole: Tensor) -> Tensor:
+    """Where each element of ``chunk``, a view of the contiguous ``whole``, lies in ``whole``'s
+    flat order (int64, ``chunk``'s shape), from its offset and strides: no index tensor of
+    ``whole``'s size."""
+    offset = int(chunk.storage_offset() - whole.storage_offset())
+    positions = torch.full((), offset, dtype=torch.int64, device=chunk.device)
+    for dim, (size, stride) in enumerate(zip(chunk.shape, chunk.stride())):
+        shape = [1] * chunk.dim()
+        shape[dim] = size
+        positions = positions + torch.arange(size, device=chunk.device).mul_(stride).view(shape)
+    return positions.expand(chunk.shape)
