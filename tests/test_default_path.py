@@ -314,3 +314,33 @@ def test_rocm_steps_eagerly_unless_fused_is_true(monkeypatch):
     assert backend_for(None, torch.device("cuda")) is None
     assert backend_for(True, torch.device("cuda")) is found
     assert backend_for(None, torch.device("cpu")) is found
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_state_saved_in_another_dtype_loads_converted_and_steps_as_eager(
+    monkeypatch, step_path, param_dtype, state_dtype
+):
+    # A checkpoint whose statistics and momentum are in another dtype than the layout's
+    # (float32 for 16-bit parameters, else the parameter's): converted on load, exactly where
+    # the conversion widens, then every path steps as the eager step from the same state.
+    gen = torch.Generator().manual_seed(9)
+    value = torch.randn(10, 6, generator=gen).to(param_dtype)
+    grads = gradients([value.shape], [param_dtype], steps=2, seed=10)
+    use_step_path(monkeypatch, "eager")
+    source = fresh([value])
+    saved = train(source, grads[:1], beta1=0.9).state_dict()
+    for key in ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg"):
+        saved["state"][0][key] = saved["state"][0][key].to(state_dtype)
+    runs = []
+    for path in ("eager", step_path):
+        use_step_path(monkeypatch, path)
+        params = fresh([source[0].detach()])
+        opt = Adafactor(params, beta1=0.9)
+        opt.load_state_dict(saved)
+        layout = opt.layout(params[0], opt.param_groups[0])
+        assert all(opt.state[params[0]][k].dtype == spec.dtype for k, spec in layout.items())
+        params[0].grad = grads[1][0]
+        opt.step()
+        runs.append(params)
+    assert_close_run(runs[1], runs[0], steps=1)
