@@ -155,6 +155,7 @@ class Adafactor(Optimizer):
         self.diagnostics: dict[Tensor, dict[str, Tensor]] = {}
         self._plans: dict[Any, PlanCache] = {}  # the group kernels' tables, per group
         self._validated: dict[int, _Options] = {}
+        self._fitted: dict[int, tuple[Tensor, tuple[Any, ...], tuple[Any, ...]]] = {}
         self._accumulation_steps = accumulation_steps
         self.step_in_backward = step_in_backward
 
@@ -164,6 +165,7 @@ class Adafactor(Optimizer):
         self.__dict__.setdefault("_plans", {})
         self.__dict__.setdefault("_accumulation_steps", 1)
         self._validated = {}
+        self._fitted = {}
         self._in_backward = None  # hooks are not pickled: a copy steps in step()
         self._where = {
             id(p): (g, i)
@@ -365,15 +367,17 @@ class Adafactor(Optimizer):
         work = self._gather(only)
         # Every group's way of stepping is settled before any group steps, so that a group
         # whose kernels cannot be had (fused=True) raises before anything changes.
-        paths = [self._fast_path(key, group, params) for key, group, params in work]
-        for _, group, params in work:
+        paths = [
+            self._fast_path(key, group, params, options) for key, group, params, options in work
+        ]
+        for _, group, params, _ in work:
             for p in params:
                 state = self.state[p]
                 if not state:
                     state.update(
                         {k: zeros_like_state(p, s) for k, s in self.layout(p, group).items()}
                     )
-        for (_, group, params), (fast, options) in zip(work, paths):
+        for (_, group, params, options), fast in zip(work, paths):
             distributed = any(map(is_distributed, params))
             applied = self._tensor_steps(fast, group, params, options, distributed)
             if group["diagnostics"]:
@@ -385,31 +389,35 @@ class Adafactor(Optimizer):
         is another object than when last checked (a scheduler writes a new ``lr`` each step),
         which a step inside the backward pass, once per parameter, would otherwise repeat."""
         group = self.param_groups[g_index]
-        key = tuple(id(group[name]) for name in DEFAULTS)
+        if torch.compiler.is_compiling():
+            # A scheduled lr is then a symbolic number that host-side checks cannot read: the
+            # eager steps check it.
+            return _Options(group, (), Hyperparameters.from_group(group))
+        key = tuple(map(id, map(group.__getitem__, DEFAULTS)))
         cached = self._validated.get(g_index)
         if cached is not None and cached.key == key and cached.group is group:
             return cached
         validate_options(group, where=f"param_groups[{g_index}]")
         plain_numbers(group)  # a numpy scalar set since, e.g. by a sweep tool
-        key = tuple(id(group[name]) for name in DEFAULTS)
+        key = tuple(map(id, map(group.__getitem__, DEFAULTS)))
         options = _Options(group, key, Hyperparameters.from_group(group))
-        if not torch.compiler.is_compiling():
-            self._validated[g_index] = options
+        self._validated[g_index] = options
         return options
 
     def _fast_path(
-        self, key: Any, group: Mapping[str, Any], params: list[Tensor]
-    ) -> tuple[FastPath | None, _Options]:
-        """The group kernels a group steps with (``None``: eagerly), and its options; ``key``
-        names the plan kept for this selection of its parameters."""
-        options = self._options(key if isinstance(key, int) else key[0])
+        self, key: Any, group: Mapping[str, Any], params: list[Tensor], options: _Options
+    ) -> FastPath | None:
+        """The group kernels a group steps with (``None``: eagerly); ``key`` names the plan
+        kept for this selection of its parameters."""
         if not params:
-            return None, options
+            return None
         backend = backend_for(group["fused"], local(params[0]).device)
         if backend is None:
-            return None, options
-        plan = self._plans.setdefault(key, PlanCache())
-        return FastPath(backend, plan, options.hp), options
+            return None
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = PlanCache()
+        return FastPath(backend, plan, options.hp)
 
     def _tensor_steps(
         self,
@@ -445,6 +453,31 @@ class Adafactor(Optimizer):
             entries, complete_sums if distributed else None, fast, report=group["diagnostics"]
         )
 
+    def _still_fits(self, p: Tensor, group: Mapping[str, Any], state: dict[str, Any]) -> bool:
+        """Whether ``state`` fits ``p``'s layout, as ``fits`` says, checked again only when
+        the state's tensors, ``p``'s shape or dtype, or an option of the layout changed since
+        it last fitted (the check is a good part of a step's Python time)."""
+        if torch.compiler.is_compiling():  # a compiled step re-runs no Python to spare
+            return fits(state, self.layout(p, group))
+        key = (
+            p.shape,
+            p.dtype,
+            group["factored"],
+            group["factor_dims"],
+            group["min_dim_size_to_factor"],
+            group["beta1"] is None,
+            group["momentum_dtype"],
+            group["rounding"],
+            tuple(map(id, state.values())),
+        )
+        memo = self._fitted.get(id(p))
+        if memo is not None and memo[0] is p and memo[1] == key:
+            return True
+        if not fits(state, self.layout(p, group)):
+            return False
+        self._fitted[id(p)] = (p, key, tuple(state.values()))  # kept: their ids stay theirs
+        return True
+
     def _stream(self, p: Tensor) -> int:
         """Which stream of stochastic rounding's bits is ``p``'s: its place in the groups,
         and for a shard of a distributed parameter where the shard starts (its replicas
@@ -472,7 +505,7 @@ class Adafactor(Optimizer):
 
     def _gather(
         self, only: list[Tensor] | None = None
-    ) -> list[tuple[Any, dict[str, Any], list[Tensor]]]:
+    ) -> list[tuple[Any, dict[str, Any], list[Tensor], _Options]]:
         """The parameters to update (all that hold a gradient, or those of ``only``), group by
         group with the key of their plan, after checking every one of them, so that a bad
         gradient or stale state raises before any parameter or state changes. State whose
@@ -489,11 +522,7 @@ class Adafactor(Optimizer):
         for g_index, group in enumerate(self.param_groups):
             if only is not None and g_index not in selected:
                 continue
-            # Options can change after construction (schedulers write into groups). While
-            # torch.compile traces the step, a scheduled lr is a symbolic number that host-side
-            # checks cannot read: the eager steps check it.
-            if not torch.compiler.is_compiling():
-                self._options(g_index)
+            options = self._options(g_index)  # schedulers write into groups: checked again
             params = []
             indices = range(len(group["params"])) if only is None else selected[g_index]
             for p_index in indices:
@@ -513,7 +542,7 @@ class Adafactor(Optimizer):
                 if is_distributed(p) or is_distributed(grad):
                     check_placements(p, describe(group, g_index, p_index, p))
                 state = self.state.get(p)
-                if state:
+                if state and not self._still_fits(p, group, state):
                     layout = self.layout(p, group)
                     if not fits(state, layout):
                         check_state(describe(group, g_index, p_index, p), state, layout)
@@ -540,7 +569,7 @@ class Adafactor(Optimizer):
                 key = (g_index, indices[0])  # a hook's: one plan per parameter
             else:
                 key = (g_index, "some")
-            work.append((key, group, params))
+            work.append((key, group, params, options))
         if raising:
             # In backward, parameters whose gradients completed earlier have stepped already.
             _raise_on_nonfinite(raising, "nothing was updated" if only is None else _NOT_UPDATED)
@@ -578,6 +607,7 @@ class Adafactor(Optimizer):
         finally:
             self._optimizer_load_state_dict_pre_hooks = hooks
         self._plans.clear()
+        self._fitted.clear()
 
         groups_by_id = {
             pid: group

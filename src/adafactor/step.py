@@ -112,16 +112,17 @@ def group_step(
     partial sums of all of them between phases. What each step applied is returned if
     ``report`` (for diagnostics), else nothing. A plan whose tensors did not change is reused
     as it is: no views are made for them."""
-    chosen = [fast is not None and admits(e, fast.backend.DEVICE_TYPE) for e in entries]
-    if any(chosen):  # one plan, on one device: tensors on another step eagerly
-        device = next(e for e, c in zip(entries, chosen) if c).param.device
-        chosen = [c and e.param.device == device for e, c in zip(entries, chosen)]
+    signature: tuple[object, ...] = ()
+    chosen = [False] * len(entries)
+    if fast is not None:
+        signature = kernel_group.entries_signature(entries)
+        chosen = _admitted(entries, fast, signature)
     together = [e for e, c in zip(entries, chosen) if c]
     alone = [tensor_step(e) for e, c in zip(entries, chosen) if not c]
     run = plan = None
     if fast is not None and together:
         plan = fast.cache.plan_for(
-            kernel_group.entry_signature(together),
+            signature,
             lambda: kernel_group.step_members([tensor_step(e) for e in together]),
             [e.grad for e in together],
             together[0].param.device,
@@ -169,6 +170,22 @@ def group_step(
     kernel_results = iter(kernel_group.applied(run) if run else [])
     eager_results = iter(eager)
     return [next(kernel_results) if c else next(eager_results) for c in chosen]
+
+
+def _admitted(
+    entries: Sequence[Entry], fast: FastPath, signature: tuple[object, ...]
+) -> list[bool]:
+    """Which entries the kernels take (``kernels.group.admits``), decided again only when
+    ``signature`` changed since the last step of this plan."""
+    cached = fast.cache.admitted
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    chosen = [admits(e, fast.backend.DEVICE_TYPE) for e in entries]
+    if any(chosen):  # one plan, on one device: tensors on another step eagerly
+        device = next(e for e, c in zip(entries, chosen) if c).param.device
+        chosen = [c and e.param.device == device for e, c in zip(entries, chosen)]
+    fast.cache.admitted = (signature, chosen)
+    return chosen
 
 
 def statistics_local_sums(e: Entry, t: TensorStep, sums: FactoredSums | FullSums) -> list[LocalSum]:

@@ -65,14 +65,16 @@ def admits(entry: Any, device_type: str) -> bool:
     )
 
 
-def entry_signature(entries: Sequence[Any]) -> tuple[Any, ...]:
-    """What the plan of ``step.Entry``s depends on: every tensor's storage, shape and dtype,
-    its state's storages, its factoring, and its gradient's dtype (a gradient's storage is
-    new every step: the plan refreshes it)."""
+def entries_signature(entries: Sequence[Any]) -> tuple[Any, ...]:
+    """What ``admits`` and the plan of ``step.Entry``s depend on: every parameter's storage,
+    device, layout, shape and dtype, its state's storages (a state tensor converted is a new
+    one), its factoring, and its gradient's dtype (a gradient's storage is new every step:
+    the plan refreshes it). Equal signatures: the same admission and the same plan."""
     parts: list[Any] = []
     for e in entries:
-        parts += (e.param.data_ptr(), e.param.shape, e.param.dtype, e.dims, e.grad.dtype)
-        parts += (e.hp.rms_per_slice, e.shape)
+        param = e.param
+        parts += (param.data_ptr(), param.device, param.is_contiguous(), param.dtype)
+        parts += (e.dims, e.shape, e.dtype, e.grad.dtype, e.hp.rms_per_slice)
         parts += [v.data_ptr() for v in e.state.values()]
     return tuple(parts)
 
@@ -93,6 +95,7 @@ class PlanCache:
     def __init__(self, geometry: Geometry | None = None) -> None:
         self.geometry = geometry  # the backend's, unless given (tests give small tiles)
         self.signature: tuple[Any, ...] | None = None
+        self.admitted: tuple[tuple[Any, ...], list[bool]] | None = None  # signature, choices
         self.plan: Plan | None = None
         self.grads: list[int] = []
         self.held: list[Any] = []
