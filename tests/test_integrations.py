@@ -192,3 +192,13 @@ def test_a_compiled_step_warns_of_no_cache_it_bypasses(recwarn):
         p.grad = torch.randn_like(p)
     torch.compile(opt.step, backend="eager")()
     assert not [w for w in recwarn if "cache" in str(w.message)]
+
+
+def test_the_plain_loop_example_holds_one_gradient_at_a_time():
+    module = example("step_in_backward")
+    losses, most, total = module.main(steps=30)
+    largest = max(p.nbytes for p in module.model().parameters())
+    assert most <= largest < total / 2
+    assert sum(losses[-5:]) < sum(losses[:5])
+    losses, most, _ = module.main(steps=3, accumulation=2)
+    assert most == total  # held across a window's micro-batches
