@@ -209,3 +209,16 @@ def test_float32_starts_from_the_bfloat16_rounded_weights(synthetic_text, monkey
     float32, bf16 = seen
     assert all(p.dtype == torch.float32 for p in float32)
     assert all(torch.equal(p, q.float()) for p, q in zip(float32, bf16))
+
+
+def test_the_drift_probe_sees_nearest_round_small_steps_away():
+    # 300 steps of 1e-5 on a gain of 1.0 (half a bfloat16 step there: 2⁻⁸ ≈ 3.9e-3).
+    threads = torch.get_num_threads()
+    (drift,) = precision.drift_probe(lrs=(1e-5,), steps=300, value=1.0, size=64)
+    assert torch.get_num_threads() == threads
+    assert drift.moved["bf16 nearest"] == 0.0
+    assert drift.moved[FLOAT32] == pytest.approx(1.0, abs=0.01)
+    assert drift.carried[FLOAT32] == drift.moved[FLOAT32]
+    assert drift.carried["bf16 compensated"] > 0.5
+    text = "\n".join(precision._drift_lines([drift]))
+    assert "| 1 | 1e-05 | 1.0e-05 | 1.00" in text and "| 0.000 |" in text

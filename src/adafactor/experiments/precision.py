@@ -18,8 +18,9 @@ import math
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -131,6 +132,7 @@ class Scale:
     """Dev sequences of ``context`` characters, the same for every run."""
     dev_batch: int = 64
     timing_steps: int = 30
+    drift_steps: int = 2000
 
 
 SCALES: dict[str, Scale] = {
@@ -148,6 +150,7 @@ SCALES: dict[str, Scale] = {
         dev_sequences=8,
         dev_batch=4,
         timing_steps=2,
+        drift_steps=20,
     ),
 }
 
@@ -440,17 +443,22 @@ class Cost:
     """Median time of ``optimizer.step()`` with the default ``fused=None``."""
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def measure_costs(scale: Scale) -> list[Cost]:
     """State bytes and median step time of each variant (Adafactor's defaults) on the model,
     fixed gradients; the variants take turns step by step, so that a machine busy with
     other work slows them alike."""
-    vocab = int(_texts()["vocab"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the runs
-    try:
-        return _timed(scale, vocab)
-    finally:
-        torch.set_num_threads(threads)
+    with _one_thread():  # as in the runs
+        return _timed(scale, int(_texts()["vocab"]))
 
 
 def _timed(scale: Scale, vocab: int) -> list[Cost]:
@@ -488,6 +496,62 @@ def _timed(scale: Scale, vocab: int) -> list[Cost]:
 
 
 # ---------------------------------------------------------------------------------------------
+# A single weight's drift: where each rounding stops following float32
+
+
+PROBE_LRS = (1e-4, 1e-5, 3e-6, 1e-6)
+"""From the diffusion trainers' 1e-4 down to the rates of full fine-tuning (1e-5 to 1e-6)."""
+DRIFT_VALUES = (1.0, 0.05)
+"""A LayerNorm gain as initialised, and a typical linear weight of the model."""
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far a weight of ``value`` moved under ``steps`` equal steps of ``lr``, as a
+    fraction of ``lr·steps`` (1: all of it), per variant: ``moved`` that of the weight the
+    forward pass sees, ``carried`` that of weight plus residual (compensated)."""
+
+    lr: float
+    steps: int
+    value: float
+    moved: dict[str, float]
+    carried: dict[str, float]
+
+
+def drift_probe(
+    lrs: Sequence[float] = PROBE_LRS, steps: int = 2000, value: float = 1.0, size: int = 256
+) -> list[Drift]:
+    """``size`` weights of ``value`` (a LayerNorm gain's 1.0 by default) stepped ``steps``
+    times by Adafactor with a constant gradient and no clipping, so that every step is
+    exactly ``lr`` in float32 arithmetic; the moves are means over the weights."""
+    rows = []
+    with _one_thread():
+        for lr in lrs:
+            rows.append(_drift(lr, steps, value, size))
+    return rows
+
+
+def _drift(lr: float, steps: int, value: float, size: int) -> Drift:
+    moved, carried = {}, {}
+    for variant in VARIANTS.values():
+        torch.manual_seed(0)  # stochastic rounding's draws
+        p = nn.Parameter(torch.full((size,), value, dtype=variant.dtype))
+        start = p.detach().double().mean()  # value as the variant's dtype holds it
+        optimizer = Adafactor(
+            [p], rounding=variant.rounding, clip_threshold=None, **{**ABSOLUTE, "lr": lr}
+        )
+        p.grad = torch.ones_like(p)
+        for _ in range(steps):
+            optimizer.step()
+        x = p.detach().double()
+        residual = optimizer.state[p].get("residual")
+        total = x + residual.double() if residual is not None else x
+        moved[variant.name] = float((start - x.mean()) / (lr * steps))
+        carried[variant.name] = float((start - total.mean()) / (lr * steps))
+    return Drift(lr, steps, value, moved, carried)
+
+
+# ---------------------------------------------------------------------------------------------
 # The experiment
 
 
@@ -501,6 +565,7 @@ class PrecisionResults:
     costs: list[Cost]
     seconds: float
     failures: dict[str, str] = field(default_factory=dict)
+    drifts: list[Drift] = field(default_factory=list)
 
     def judgements(self) -> dict[str, dict[str, Judgement]]:
         """``judge`` of each regime with float32 runs under 2 seeds or more."""
@@ -615,6 +680,9 @@ def run_precision(
     )
     _run_tasks(tasks, scale, jobs, finished)
     results.costs = measure_costs(scale)
+    results.drifts = [
+        row for value in DRIFT_VALUES for row in drift_probe(steps=scale.drift_steps, value=value)
+    ]
     results.seconds = time.perf_counter() - start
     return results
 
@@ -672,6 +740,24 @@ def _regime_lines(
     return lines
 
 
+def _drift_lines(drifts: Sequence[Drift]) -> list[str]:
+    lines = [
+        f"A weight's drift under {drifts[0].steps} equal steps of lr (constant gradient, no "
+        "clipping): the fraction of lr·steps it moved (compensated: weight, and weight plus "
+        "residual):",
+        "",
+        "| weight | lr | lr / weight | " + " | ".join(VARIANTS) + " |",
+        "|---:|---:|---:|" + "---:|" * len(VARIANTS),
+    ]
+    for d in drifts:
+        cells = [f"{d.moved[v]:.3f}" for v in VARIANTS]
+        cells[-1] += f" ({d.carried[BF16_VARIANTS[-1]]:.3f})"
+        lines.append(
+            f"| {d.value:g} | {d.lr:g} | {d.lr / d.value:.1e} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
 def initial_gaps(runs: Mapping[str, Mapping[int, Run]]) -> dict[str, float]:
     """Per bfloat16 variant, the mean over seeds of its dev loss minus float32's before the
     first step: the same weights, so this is bfloat16 activations' share of the gap."""
@@ -710,6 +796,9 @@ def format_report(results: PrecisionResults) -> str:
         lines += ["Optimizer state and step time (Adafactor's defaults, one thread):", ""]
         lines += _cost_lines(results.costs)
         lines.append("")
+    if results.drifts:
+        lines += _drift_lines(results.drifts)
+        lines.append("")
     if results.failures:
         lines += ["Failed runs:", ""] + [f"* {k}: {v}" for k, v in results.failures.items()]
         lines.append("")
@@ -742,6 +831,7 @@ def _as_json(results: PrecisionResults) -> dict[str, Any]:
             for regime, by_variant in js.items()
         },
         "costs": [asdict(c) for c in results.costs],
+        "drifts": [asdict(d) for d in results.drifts],
         "failures": results.failures,
     }
 
