@@ -97,7 +97,7 @@ REGIMES: dict[str, Regime] = {
             False,
             "an absolute rate of 1e-3 (the transformers docs' T5 setting) moves a linear "
             "weight of ~0.06 by ~2%, but is below half a bfloat16 step of a LayerNorm gain "
-            "(2⁻⁸ ≈ 4e-3 at 1.0) or an embedding (N(0, 1)); as the rate decays to 0, more "
+            "(2e-3 to 4e-3 at 1.0) or an embedding (N(0, 1)); as the rate decays to 0, more "
             "and more updates fall below it",
         ),
         Regime(
@@ -107,7 +107,7 @@ REGIMES: dict[str, Regime] = {
             "constant",
             True,
             "the diffusion trainers' constant 1e-4 is about half a bfloat16 step of a linear "
-            "weight of ~0.06 (2⁻⁹·0.06 ≈ 1.2e-4) and a fortieth of a LayerNorm gain's: much "
+            "weight of ~0.06 (2⁻⁹·0.06 ≈ 1.2e-4) and a twentieth of a LayerNorm gain's: much "
             "of each update is below the rounding threshold",
         ),
     )
