@@ -16,6 +16,35 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precision(args: argparse.Namespace) -> int:
+    from .experiments.precision import (
+        REGIMES,
+        SCALES,
+        format_report,
+        run_precision,
+        write_precision,
+    )
+
+    unknown = [r for r in args.regime or () if r not in REGIMES]
+    if unknown:
+        print(
+            f"adafactor precision: unknown regime(s) {', '.join(unknown)}; "
+            f"known: {', '.join(REGIMES)}",
+            file=sys.stderr,
+        )
+        return 2
+    out = _output_directory(args.out)
+    if isinstance(out, str):
+        print(f"adafactor precision: {out}", file=sys.stderr)
+        return 2
+    seeds = range(args.seed, args.seed + args.seeds)
+    results = run_precision(args.regime or tuple(REGIMES), seeds, SCALES[args.scale], args.jobs)
+    print()
+    print(format_report(results), end="")
+    print("Wrote " + ", ".join(str(path) for path in write_precision(results, out)))
+    return 1 if results.failures else 0
+
+
 def _output_directory(text: str) -> Path | str:
     """The output directory, created if need be, or why it cannot be used."""
     out = Path(text)
@@ -106,6 +135,7 @@ def _memory(args: argparse.Namespace) -> int:
 DEMO_TIME = "about 30 seconds"
 QUICK_TIME = "about 4 minutes on 2 cores"
 FULL_TIME = "about 40 minutes on 2 cores"
+PRECISION_TIME = "about 6 minutes on 2 cores"
 """Measured wall times on 2 idle cores (docs/reproduction.md has the measurements)."""
 
 
@@ -183,6 +213,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="laptop: the reproduction; tiny: a seconds-long smoke test (default: %(default)s)",
     )
     reproduce.set_defaults(func=_reproduce)
+
+    precision = commands.add_parser(
+        "precision",
+        help="bfloat16 parameters rounded to nearest, stochastically or compensated against "
+        "float32 parameters on the demo's model, in three learning-rate regimes, with verdicts "
+        f"(docs/precision.md; {PRECISION_TIME})",
+    )
+    precision.add_argument(
+        "--regime",
+        action="append",
+        metavar="NAME",
+        help="only this regime (relative, cosine, finetune); may be given more than once",
+    )
+    precision.add_argument(
+        "--seed", type=_nonnegative_int, default=0, help="the first seed (default: %(default)s)"
+    )
+    precision.add_argument(
+        "--seeds",
+        type=_int_at_least(2),
+        default=3,
+        metavar="N",
+        help="seeds --seed onwards; the verdicts need float32's spread over them "
+        "(default: %(default)s)",
+    )
+    precision.add_argument(
+        "--out",
+        default="precision",
+        metavar="DIR",
+        help="where precision.md, precision.json and precision.png go (default: %(default)s)",
+    )
+    precision.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="runs in parallel, one thread each (default: %(default)s)",
+    )
+    precision.add_argument(
+        "--scale",
+        choices=("cpu", "tiny"),
+        default="cpu",
+        help="cpu: the experiment; tiny: a seconds-long smoke test (default: %(default)s)",
+    )
+    precision.set_defaults(func=_precision)
 
     from .model_shapes import MODELS
 

@@ -168,3 +168,35 @@ def write_plots(results: Mapping[str, Trials], directory: Path) -> list[Path]:
         _sections_figure(results, False, directory / "update_rms.png"),
         _figure_1(results, directory / "update_rms_tensors.png"),
     ]
+
+
+GapCurves = Mapping[str, Sequence[tuple[Sequence[int], Sequence[float]]]]
+"""Per variant, per seed: (steps, dev loss minus the baseline's at those steps)."""
+
+
+def precision_gaps_figure(
+    panels: Sequence[tuple[str, GapCurves, float | None]], path: Path
+) -> Path:
+    """``adafactor precision``'s plot: a panel per regime (title, curves, the baseline's seed
+    spread or ``None``), each variant's dev-loss gap to float32 parameters over training, a
+    thin line per seed and a thick one for their mean; the band is ± the seed spread."""
+    fig, axes = _grid(len(panels), 3)
+    for ax, (title, curves, spread) in zip(axes, panels):
+        if spread is not None:
+            ax.axhspan(-spread, spread, color="grey", alpha=0.2, linewidth=0, label="± seed spread")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        for variant, seeds in curves.items():
+            (line,) = ax.plot([], [], linewidth=2, label=variant)
+            for steps, gaps in seeds:
+                ax.plot(steps, gaps, color=line.get_color(), linewidth=0.6, alpha=0.5)
+            common = min(len(steps) for steps, _ in seeds)
+            mean = [sum(g[i] for _, g in seeds) / len(seeds) for i in range(common)]
+            line.set_data(list(seeds[0][0][:common]), mean)
+        ax.relim()
+        ax.autoscale_view()
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("dev loss − float32's (nats/char)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
