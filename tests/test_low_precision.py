@@ -6,16 +6,25 @@ import pytest
 import torch
 
 from adafactor import Adafactor, optimizer_state_bytes, state_bytes
-from adafactor.equations import rounding_noise, stochastic_round_to_bfloat16
+from adafactor.equations import rounding_noise, stochastic_round
+
+CASES = [
+    (torch.bfloat16, 1.0 + 0.3 * 2**-7, 2.0**-7),
+    (torch.bfloat16, -3.0 - 0.9 * 2**-6, 2.0**-6),
+    (torch.bfloat16, 1e-3 * (1 + 0.5 * 2**-7), 2.0**-17),
+    (torch.float16, 1.0 + 0.3 * 2**-10, 2.0**-10),
+    (torch.float16, -300.0 - 0.7 * 2**-2, 2.0**-2),
+    (torch.float16, 3e-6, 2.0**-24),  # below float16's normal range: steps of 2^-24
+    (torch.float16, -(2.0**-14) * 0.37, 2.0**-24),
+]
 
 
-@pytest.mark.parametrize("value", [1.0 + 0.3 * 2**-7, -3.0 - 0.9 * 2**-6, 1e-3 * (1 + 0.5 * 2**-7)])
-def test_stochastic_rounding_is_unbiased(value):
+@pytest.mark.parametrize(("dtype", "value", "spacing"), CASES)
+def test_stochastic_rounding_is_unbiased(dtype, value, spacing):
     n = 200_000
     noise = rounding_noise(12345, 7, torch.tensor(3.0), torch.arange(n))  # the step's own bits
-    rounded = stochastic_round_to_bfloat16(torch.full((n,), value), noise).double()
-    below = torch.tensor(value).bfloat16().double()  # round-to-nearest lands on a neighbour
-    spacing = 2.0 ** (math.floor(math.log2(abs(value))) - 7)
+    rounded = stochastic_round(torch.full((n,), value), dtype, noise).double()
+    below = torch.tensor(value).to(dtype).double()  # round-to-nearest lands on a neighbour
     assert set(rounded.unique().tolist()) <= {
         below.item() - spacing,
         below.item(),
@@ -26,9 +35,16 @@ def test_stochastic_rounding_is_unbiased(value):
 
 
 def test_stochastic_rounding_keeps_representable_values():
-    x = torch.randn(10_000).bfloat16()
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.cat([torch.randn(10_000), torch.randn(100) * 1e-6]).to(dtype)
+        noise = rounding_noise(0, 0, torch.tensor(1.0), torch.arange(x.numel()))
+        assert torch.equal(stochastic_round(x.float(), dtype, noise), x)
+
+
+def test_float16_stochastic_rounding_never_overflows_where_nearest_does_not():
+    x = torch.full((10_000,), 65510.0)  # between float16's largest, 65504, and 65520
     noise = rounding_noise(0, 0, torch.tensor(1.0), torch.arange(x.numel()))
-    assert torch.equal(stochastic_round_to_bfloat16(x.float(), noise), x)
+    assert torch.equal(stochastic_round(x, torch.float16, noise), x.half())
 
 
 def test_the_noise_is_uniform_over_its_16_bits_and_changes_with_every_input():
@@ -57,7 +73,11 @@ def test_small_updates_survive_in_bfloat16():
     for stochastic in (False, True):
         p = torch.nn.Parameter(torch.ones(100_000, dtype=torch.bfloat16))
         opt = Adafactor(
-            [p], lr=1e-5, relative_step=False, scale_parameter=False, stochastic_rounding=stochastic
+            [p],
+            lr=1e-5,
+            relative_step=False,
+            scale_parameter=False,
+            rounding="stochastic" if stochastic else "nearest",
         )
         for _ in range(20):
             p.grad = torch.ones_like(p)  # U = sign(G) = 1 each step: X moves by -1e-5

@@ -153,3 +153,33 @@ def test_the_rounding_seed_is_drawn_from_torch_and_saved_with_the_groups():
     seed = a.param_groups[0]["rounding_seed"]
     assert isinstance(seed, int) and seed == b.param_groups[0]["rounding_seed"]
     assert a.state_dict()["param_groups"][0]["rounding_seed"] == seed
+
+
+@pytest.mark.parametrize("dtype", SIXTEEN)
+def test_nearest_writes_the_nearest_value_of_the_float32_step_on_every_path(step_path, dtype):
+    gen = torch.Generator().manual_seed(4)
+    value = torch.randn(24, 16, generator=gen).to(dtype).float()
+    p, _ = _train(dtype, "nearest", 1, value)
+    exact, _ = _train(torch.float32, "nearest", 1, value, grads=dtype, fused=False)
+    error = (p.float() - exact.detach()).abs()
+    # Half a step of the dtype, and the kernels' float32 difference from the eager step.
+    assert (error <= _ulp(exact.detach(), dtype) / 2 + 1e-5 * exact.detach().abs()).all()
+
+
+@pytest.mark.parametrize("dtype", SIXTEEN)
+def test_stochastic_is_the_default_for_16_bit_parameters_and_moves_small_updates(dtype):
+    # The eager step (the kernels round float16 to nearest still).
+    # Steps of 1e-5 on weights near 1: below half a step of either dtype.
+    moved = {}
+    for rounding in ("nearest", None):
+        p = torch.nn.Parameter(torch.ones(20_000, dtype=dtype))
+        options = {} if rounding is None else {"rounding": rounding}
+        opt = Adafactor(
+            [p], lr=1e-5, relative_step=False, scale_parameter=False, fused=False, **options
+        )
+        for _ in range(10):
+            p.grad = torch.ones_like(p)
+            opt.step()
+        moved[rounding] = (p.double() - 1.0).mean().item()
+    assert moved["nearest"] == 0.0
+    assert moved[None] == pytest.approx(-1e-4, rel=0.1)

@@ -164,13 +164,25 @@ def compensated_write(x: Tensor, param: Tensor, residual: Tensor, finite: Tensor
     torch.where(finite, dropped, residual, out=residual)
 
 
-def stochastic_round_to_bfloat16(x: Tensor, noise: Tensor) -> Tensor:
-    """Guards small updates of a bfloat16 parameter against being rounded away: float32 ``x``
-    rounded to bfloat16 up or down at random, so that ``E[round(x)] = x``. ``noise``, a
-    uniform random integer below 2¹⁶ per element (``rounding_noise``), is added to the 16
-    bits that bfloat16 drops, which are then cut."""
-    bits = noise.to(torch.int32).add_(x.view(torch.int32))
-    return bits.bitwise_and_(-(1 << 16)).view(torch.float32).to(torch.bfloat16)
+def stochastic_round(x: Tensor, dtype: torch.dtype, noise: Tensor) -> Tensor:
+    """Guards small updates of a 16-bit parameter against being rounded away: float32 ``x``
+    rounded to ``dtype`` (bfloat16 or float16) up or down at random, so that
+    ``E[round(x)] = x``. ``noise``, a uniform random integer below 2¹⁶ per element
+    (``rounding_noise``), is added below the bits that ``dtype`` keeps, which are then cut:
+    bfloat16 keeps float32's exponent and drops 16 mantissa bits; float16 drops 13, and
+    below its normal range (2⁻¹⁴), where its values are 2⁻²⁴ apart, it rounds ``x·2²⁴`` to
+    a neighbouring whole number instead. A value that rounds to nearest finitely never
+    becomes infinite."""
+    bits = x.view(torch.int32)
+    if dtype == torch.bfloat16:
+        rounded = (noise.to(torch.int32) + bits) & -(1 << 16)
+        return rounded.view(torch.float32).to(dtype)
+    normal = ((noise.to(torch.int32) >> 3) + bits) & -(1 << 13)
+    scaled = x.abs() * 2.0**24  # exact: a power of two; below 2¹⁰ here
+    tiny = (scaled + noise.to(torch.float32) / 65536.0).floor_().mul_(2.0**-24).copysign_(x)
+    out = torch.where(x.abs() < 2.0**-14, tiny, normal.view(torch.float32)).to(dtype)
+    nearest = x.to(dtype)
+    return torch.where(out.isinf() & nearest.isfinite(), nearest, out)
 
 
 MASK32 = 0xFFFFFFFF

@@ -123,7 +123,7 @@ class Adafactor(Optimizer):
         rms_per_slice: bool = False,
         maximize: bool = False,
         stochastic_rounding: bool = False,
-        rounding: Rounding = "nearest",
+        rounding: Rounding = "stochastic",
         rounding_seed: int | None = None,
         fused: bool | None = None,
         diagnostics: bool = False,

@@ -434,31 +434,36 @@ class Hyperparameters:
     stochastic_rounding: bool = option(
         False,
         "",
-        '`True` is `rounding="stochastic"` (kept as an alias)',
+        '`True` is `rounding="stochastic"` (its first name, kept as an alias)',
         '``True`` is ``rounding="stochastic"``, the name this option had first (kept working '
-        "as an alias).",
+        'as an alias); ``False`` leaves the choice to ``rounding``.',
         _boolean,
         samples=(True,),
+        context={"rounding": "nearest"},
         in_reference=False,
         randomized=(True,),
         dtypes=(torch.bfloat16,),
     )
     rounding: Rounding = option(
-        "nearest",
+        "stochastic",
         "",
-        'how a 16-bit parameter is written after the float32 math: `"nearest"`, '
-        '`"stochastic"` (bfloat16: unbiased), or `"compensated"` (a 16-bit residual per '
+        'how a 16-bit parameter is written after the float32 math: `"stochastic"` (unbiased, '
+        'up or down at random), `"nearest"`, or `"compensated"` (a 16-bit residual per '
         "element in the state carries what rounding dropped)",
         "how a bfloat16 or float16 parameter is written after the float32 math of its step: "
-        '``"nearest"`` rounds to nearest (an update below half a step of the parameter\'s '
-        'dtype is lost); ``"stochastic"`` (bfloat16) rounds up or down at random, unbiased; '
-        '``"compensated"`` keeps a residual of the parameter\'s dtype per element in the '
+        '``"stochastic"`` (default) rounds up or down at random, unbiased, so that an update '
+        "below half a step of the parameter's dtype moves it on average; ``\"nearest\"`` "
+        "rounds to nearest, and such an update is lost (the peers' way: their presets keep "
+        'it); ``"compensated"`` keeps a residual of the parameter\'s dtype per element in the '
         'state (``state["residual"]``, 2 bytes per element) with ``x + r`` the value the '
-        "float32 step computed, so nothing is lost (Kahan's compensated summation). Other "
+        "float32 step computed to about 16 significant bits (Kahan's compensated summation), "
+        "which still loses updates below ~2⁻¹⁷ of a weight. The default was chosen by "
+        "docs/precision.md: round-to-nearest loses measurably where updates are small "
+        "relative to the weights, the other two do not, and stochastic needs no state. Other "
         "parameters are written exactly either way.",
         _one_of(ROUNDINGS),
         since="0.3.0",
-        samples=("stochastic", "compensated"),
+        samples=("nearest", "compensated"),
         in_reference=False,
         randomized=("stochastic",),
         dtypes=(torch.bfloat16, torch.float16),

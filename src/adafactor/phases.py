@@ -44,10 +44,11 @@ from .equations import (
     scaled_square,
     second_moment_statistic,
     step_size,
-    stochastic_round_to_bfloat16,
+    stochastic_round,
     two_scale_rms,
     weight_decay_rate,
 )
+from .factoring import SIXTEEN_BITS
 from .options import Hyperparameters
 from .schedules import rho, second_moment_decay
 from .tiling import COLS, ROWS, Rows, canonical, column_sums, element_positions, row_chunks, rows_of
@@ -326,7 +327,7 @@ def apply_update(
     update_rms = rms(statistics.sum_sq_u, size.rms_count)
     step_scale = alpha_t / clipping_divisor(update_rms, hp.clip_threshold)
     decay = weight_decay_rate(hp.weight_decay, hp.weight_decay_scale, s.rho_t, alpha_t, hp.lr)
-    stochastic = hp.written_as == "stochastic" and param.dtype == torch.bfloat16
+    stochastic = hp.written_as == "stochastic" and param.dtype in SIXTEEN_BITS
     for rows in row_chunks(param):
         chunk = rows_of(param, rows)
         noise = None
@@ -403,8 +404,8 @@ def update_rows(
     del x
     if residual_rows is not None:
         compensated_write(x_new, param, residual_rows, finite)
-    elif noise is not None:  # stochastic rounding of a bfloat16 parameter
-        param.copy_(stochastic_round_to_bfloat16(x_new, noise))
+    elif noise is not None:  # stochastic rounding of a 16-bit parameter
+        param.copy_(stochastic_round(x_new, param.dtype, noise))
     else:
         param.copy_(x_new)
 

@@ -73,9 +73,12 @@ def translate(peer: str, peer_kwargs: Mapping[str, Any], params: list[Tensor]) -
     if peer == "torch":
         kwargs["first_param_dtype"] = params[0].dtype if params else torch.float32
     try:
-        return PEERS[peer](**kwargs)
+        translation = PEERS[peer](**kwargs)
     except TypeError as error:
         raise TypeError(f"like({peer!r}): {error}") from None
+    # The peers write a 16-bit parameter rounded to nearest: so does their preset.
+    translation.options.setdefault("rounding", "nearest")
+    return translation
 
 
 def _our_dims(shape: tuple[int, ...], options: Mapping[str, Any]) -> Dims:
