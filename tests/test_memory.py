@@ -40,6 +40,7 @@ def test_adam_state_and_ratio_on_meta_tensors():
         (torch.bfloat16, {}),
         (torch.float32, {"beta1": 0.9, "momentum_of": "gradient", "weight_decay": 0.1}),
         (torch.bfloat16, {"beta1": 0.9, "factored": False, "stochastic_rounding": True}),
+        (torch.bfloat16, {"beta1": 0.9, "rounding": "compensated"}),
     ],
 )
 def test_eager_step_temporaries_are_bounded_by_chunks_not_by_the_parameter(dtype, options):
@@ -47,7 +48,7 @@ def test_eager_step_temporaries_are_bounded_by_chunks_not_by_the_parameter(dtype
     # of CHUNK_NUMEL elements (4 MiB in float32), so what is live at once is a few chunk-sized
     # buffers plus O(n + m) vectors, never a copy of a parameter. The most, 4.5 chunks, is
     # bfloat16 with a full V̂ and stochastic rounding (G widened, V̂, the update, X widened to
-    # be mixed in, the rounding noise).
+    # be mixed in, the rounding noise, hashed in quarter chunks).
     from adafactor.bench.transient import profiled_peak
     from adafactor.tiling import CHUNK_NUMEL
 

@@ -192,11 +192,12 @@ def mix32(x: Tensor) -> Tensor:
     """A 32-bit integer hash (Wellons' "lowbias32") of int64 tensors holding values below
     2³²: its multipliers are below 2³¹, so no int64 product overflows, and masking keeps the
     32-bit wrap-around that C and Triton get from unsigned arithmetic."""
-    x = x ^ (x >> 16)
-    x = (x * 0x21F0AAAD) & MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x735A2D97) & MASK32
-    return x ^ (x >> 15)
+    x = x ^ (x >> 16)  # a new tensor; in place from here on
+    x.mul_(0x21F0AAAD).bitwise_and_(MASK32)
+    x ^= x >> 15
+    x.mul_(0x735A2D97).bitwise_and_(MASK32)
+    x ^= x >> 15
+    return x
 
 
 def rounding_noise(seed: int, stream: int, t: Tensor, index: Tensor) -> Tensor:
@@ -206,4 +207,5 @@ def rounding_noise(seed: int, stream: int, t: Tensor, index: Tensor) -> Tensor:
     parameters step in or however they are grouped (inside the backward pass too), and a run
     resumed from a checkpoint (which holds ``t`` and the seed) goes on with the same bits."""
     per_step = mix32(mix32(mix32(t.to(torch.int64) & MASK32) ^ (stream & MASK32)) ^ seed)
-    return mix32(mix32((index & MASK32) ^ per_step) ^ (index >> 32)) & 0xFFFF
+    bits = mix32((index & MASK32) ^ per_step)
+    return mix32(bits.bitwise_xor_(index >> 32)).bitwise_and_(0xFFFF)

@@ -48,10 +48,12 @@ def state_bytes(
     min_dim_size_to_factor: int = 2,
     beta1: float | None = None,
     momentum_dtype: torch.dtype | None = None,
+    rounding: str = "stochastic",
     **_: Any,
 ) -> StateBytes:
     """Predict Adafactor's state bytes for ``params`` (works on ``meta`` tensors: nothing is
-    allocated), next to Adam's. Takes the same factoring and momentum options as ``Adafactor``.
+    allocated), next to Adam's. Takes the same factoring, momentum and rounding options as
+    ``Adafactor`` (``rounding="compensated"``: a residual per 16-bit parameter element).
     """
     params = list(params)
     adafactor = sum(
@@ -65,6 +67,7 @@ def state_bytes(
             min_dim_size_to_factor=min_dim_size_to_factor,
             momentum=beta1 is not None,
             momentum_dtype=momentum_dtype,
+            compensated=rounding == "compensated",
         ).values()
     )
     return StateBytes(adafactor=adafactor, adam=adam_state_bytes(params))

@@ -436,7 +436,7 @@ class Hyperparameters:
         "",
         '`True` is `rounding="stochastic"` (its first name, kept as an alias)',
         '``True`` is ``rounding="stochastic"``, the name this option had first (kept working '
-        'as an alias); ``False`` leaves the choice to ``rounding``.',
+        "as an alias); ``False`` leaves the choice to ``rounding``.",
         _boolean,
         samples=(True,),
         context={"rounding": "nearest"},
@@ -452,7 +452,7 @@ class Hyperparameters:
         "element in the state carries what rounding dropped)",
         "how a bfloat16 or float16 parameter is written after the float32 math of its step: "
         '``"stochastic"`` (default) rounds up or down at random, unbiased, so that an update '
-        "below half a step of the parameter's dtype moves it on average; ``\"nearest\"`` "
+        'below half a step of the parameter\'s dtype moves it on average; ``"nearest"`` '
         "rounds to nearest, and such an update is lost (the peers' way: their presets keep "
         'it); ``"compensated"`` keeps a residual of the parameter\'s dtype per element in the '
         'state (``state["residual"]``, 2 bytes per element) with ``x + r`` the value the '

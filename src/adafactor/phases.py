@@ -51,7 +51,17 @@ from .equations import (
 from .factoring import SIXTEEN_BITS
 from .options import Hyperparameters
 from .schedules import rho, second_moment_decay
-from .tiling import COLS, ROWS, Rows, canonical, column_sums, element_positions, row_chunks, rows_of
+from .tiling import (
+    CHUNK_NUMEL,
+    COLS,
+    ROWS,
+    Rows,
+    canonical,
+    column_sums,
+    element_positions,
+    row_chunks,
+    rows_of,
+)
 
 # --- What a phase reads ---------------------------------------------------------------------
 
@@ -328,7 +338,9 @@ def apply_update(
     step_scale = alpha_t / clipping_divisor(update_rms, hp.clip_threshold)
     decay = weight_decay_rate(hp.weight_decay, hp.weight_decay_scale, s.rho_t, alpha_t, hp.lr)
     stochastic = hp.written_as == "stochastic" and param.dtype in SIXTEEN_BITS
-    for rows in row_chunks(param):
+    # Stochastic rounding hashes each element's position in int64: smaller chunks keep its
+    # temporaries to the others' size.
+    for rows in row_chunks(param, CHUNK_NUMEL // 4 if stochastic else CHUNK_NUMEL):
         chunk = rows_of(param, rows)
         noise = None
         if stochastic:

@@ -59,14 +59,14 @@ Rows = tuple[int, int] | None
 """A run of rows as ``(first, count)``, or ``None`` for all of them."""
 
 
-def row_chunks(x: Tensor) -> list[Rows]:
+def row_chunks(x: Tensor, numel: int = CHUNK_NUMEL) -> list[Rows]:
     """The rows (dim 1 of a factored ``canonical`` view, elements of a flat one) that one
-    eager pass over ``x`` takes at a time; all of them while torch.compile traces the step,
-    since a generated loop needs no temporaries."""
-    if torch.compiler.is_compiling() or x.numel() <= CHUNK_NUMEL:
+    eager pass over ``x`` takes at a time, about ``numel`` elements; all of them while
+    torch.compile traces the step, since a generated loop needs no temporaries."""
+    if torch.compiler.is_compiling() or x.numel() <= numel:
         return [None]
     rows = x.shape[1 if x.dim() == 5 else 0]
-    per_chunk = max(1, CHUNK_NUMEL * rows // x.numel())
+    per_chunk = max(1, numel * rows // x.numel())
     return [(i, min(per_chunk, rows - i)) for i in range(0, rows, per_chunk)]
 
 
