@@ -338,7 +338,7 @@ def test_stochastic_rounding_is_unbiased_on_every_path(step_path):
             scale_parameter=False,
             lr=1e-5,
             clip_threshold=None,
-            stochastic_rounding=stochastic,
+            rounding="stochastic" if stochastic else "nearest",
         )
         for _ in range(20):
             p.grad = torch.ones_like(p)

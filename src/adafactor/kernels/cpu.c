@@ -160,24 +160,55 @@ static void round_as(int code, int64_t n, float *x) {
     else if (code == 2) for (int64_t j = 0; j < n; j++) x[j] = f16_to_float(float_to_f16(x[j]));
 }
 
-/* Unbiased stochastic rounding to bfloat16 (equations.stochastic_round_to_bfloat16): a
- * random integer below 2^16 added to the bits bfloat16 drops, which are then cut. The
- * random bits come from a counter-based hash of the element's index, so they do not depend
- * on the number of threads. */
-static inline uint64_t mix64(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+/* --- Writing a 16-bit parameter (equations.stochastic_round, compensated_write) ----------- */
+
+/* equations.mix32: a 32-bit integer hash (lowbias32). */
+static inline uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x21f0aaadu;
+    x ^= x >> 15;
+    x *= 0x735a2d97u;
+    x ^= x >> 15;
+    return x;
 }
 
-static void store_bf16_stochastic(uint16_t *d, int64_t stride, int64_t n, const float *in,
-                                  uint64_t seed, uint64_t first) {
-    for (int64_t j = 0; j < n; j++) {
-        uint32_t u = float_bits(in[j]);
-        uint32_t noise = (uint32_t)(mix64(seed ^ (first + (uint64_t)j)) & 0xffffu);
-        d[j * stride] = (uint16_t)((u + noise) >> 16);
+/* equations.rounding_noise, the part of one tensor and step: seed, stream (the parameter)
+ * and t; then the 16 random bits of the element at flat position `index`. */
+static inline uint32_t noise_stream(uint32_t seed, uint32_t stream, uint32_t t) {
+    return mix32(mix32(mix32(t) ^ stream) ^ seed);
+}
+
+static inline uint32_t noise_at(uint32_t per_step, uint64_t index) {
+    return mix32(mix32((uint32_t)index ^ per_step) ^ (uint32_t)(index >> 32)) & 0xffffu;
+}
+
+/* Stochastic rounding of float32 f to bfloat16: the noise added to the 16 bits it drops. */
+static inline uint16_t stochastic_bf16(float f, uint32_t noise) {
+    return (uint16_t)((float_bits(f) + noise) >> 16);
+}
+
+/* To float16: the noise's top 13 bits added to the 13 bits it drops; below its normal range
+ * (2^-14) a random rounding of |f|·2^24 to a whole number; never an overflow that rounding to
+ * nearest would not make. */
+static inline uint16_t stochastic_f16(float f, uint32_t noise) {
+    float out;
+    if (fabsf(f) < 0x1p-14f) {
+        out = copysignf(floorf(fabsf(f) * 16777216.0f + (float)noise / 65536.0f) * 0x1p-24f, f);
+    } else {
+        uint32_t u = (float_bits(f) + (noise >> 3)) & ~0x1fffu;
+        memcpy(&out, &u, 4);
     }
+    uint16_t h = float_to_f16(out), nearest = float_to_f16(f);
+    if ((h & 0x7fffu) == 0x7c00u && (nearest & 0x7fffu) < 0x7c00u) return nearest;
+    return h;
+}
+
+static inline uint16_t nearest_16(int code, float f) {
+    return code == 1 ? float_to_bf16(f) : float_to_f16(f);
+}
+
+static inline float widen_16(int code, uint16_t h) {
+    return code == 1 ? bf16_to_float(h) : f16_to_float(h);
 }
 
 /* --- The tables ---------------------------------------------------------------------------- */
@@ -558,7 +589,7 @@ static void apply_scalars(Tensor x, float *sums, const double *hp, const int64_t
 /* X_t = X − (step + decay·X) for k elements at e, with the momentum and a full V̂ stored. */
 static void apply_run(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k, float rf,
                       const float *cf, float step_scale, float decay, const double *hp,
-                      const int64_t *flags, Schedule s, uint64_t seed) {
+                      const int64_t *flags, Schedule s, uint32_t per_step) {
     int pcode = (int)D(x, F_PARAM_DTYPE), mcode = (int)D(x, F_MOMENTUM_DTYPE);
     const float *g, *d = direction(x, b, e, stride, k, hp, flags, s, &g);
     void *mp = (char *)PTR(x, F_MOMENTUM) + e * elem_size(mcode);
@@ -582,11 +613,28 @@ static void apply_run(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k
     float sign = flags[FLAG_MAXIMIZE] ? -1.0f : 1.0f;
     void *xp = (char *)PTR(x, F_PARAM) + e * elem_size(pcode);
     float *xv = as_f32(xp, pcode, stride, k, b->v); /* v is free for X here */
+    uint16_t *rp = D(x, F_RESIDUAL) ? (uint16_t *)PTR(x, F_RESIDUAL) + e : NULL;
+    if (rp) { /* compensated: X is the parameter and what rounding it dropped (m is free) */
+        load_row(rp, pcode, stride, k, b->m);
+        for (int64_t j = 0; j < k; j++) xv[j] += b->m[j];
+    }
     for (int64_t j = 0; j < k; j++) xv[j] = xv[j] - (sign * u[j] + xv[j] * decay);
-    if (pcode == 1 && flags[FLAG_STOCHASTIC_ROUNDING])
-        store_bf16_stochastic((uint16_t *)xp, stride, k, xv, seed, (uint64_t)e);
-    else
+    uint16_t *xh = (uint16_t *)xp;
+    if (rp) {
+        for (int64_t j = 0; j < k; j++) {
+            uint16_t written = nearest_16(pcode, xv[j]);
+            xh[j * stride] = written;
+            rp[j * stride] = nearest_16(pcode, xv[j] - widen_16(pcode, written)); /* exact */
+        }
+    } else if (pcode == 1 && flags[FLAG_STOCHASTIC_ROUNDING]) {
+        for (int64_t j = 0; j < k; j++)
+            xh[j * stride] = stochastic_bf16(xv[j], noise_at(per_step, (uint64_t)(e + j * stride)));
+    } else if (pcode == 2 && flags[FLAG_STOCHASTIC_ROUNDING]) {
+        for (int64_t j = 0; j < k; j++)
+            xh[j * stride] = stochastic_f16(xv[j], noise_at(per_step, (uint64_t)(e + j * stride)));
+    } else {
         put_f32(xp, pcode, stride, k, xv);
+    }
 }
 
 static void apply_tile(const int64_t *tile, const int64_t *desc, const float *sums,
@@ -598,11 +646,11 @@ static void apply_tile(const int64_t *tile, const int64_t *desc, const float *su
     int64_t row0 = tile[T_ROW0], nrows = tile[T_ROWS];
     const double *own = scalars + 2 * (D(x, F_PER_SLICE) ? tile[T_SLICE] : 0);
     float step_scale = (float)own[0], decay = (float)own[1];
-    uint64_t tensor_seed = mix64(seed + (uint64_t)tile[T_TENSOR]);
+    uint32_t per_step = noise_stream((uint32_t)seed, (uint32_t)D(x, F_STREAM), (uint32_t)s.t);
     if (!D(x, F_FACTORED)) {
         for (int64_t e = row0; e < row0 + nrows; e += MAX_COLS) {
             int64_t k = row0 + nrows - e < MAX_COLS ? row0 + nrows - e : MAX_COLS;
-            apply_run(x, b, e, 1, k, 0.0f, NULL, step_scale, decay, hp, flags, s, tensor_seed);
+            apply_run(x, b, e, 1, k, 0.0f, NULL, step_scale, decay, hp, flags, s, per_step);
         }
         return;
     }
@@ -612,7 +660,7 @@ static void apply_tile(const int64_t *tile, const int64_t *desc, const float *su
     for (int64_t i = row0; i < row0 + nrows; i++) {
         int64_t e = sl.base + i * sl.row_stride + col0 * sl.col_stride;
         apply_run(x, b, e, sl.col_stride, ncols, row_factor(x, sums, sl, tile[T_SLICE], i), b->cf,
-                  step_scale, decay, hp, flags, s, tensor_seed);
+                  step_scale, decay, hp, flags, s, per_step);
     }
 }
 

@@ -375,7 +375,8 @@ class Buffers(NamedTuple):
 
 
 class Numbers(NamedTuple):
-    """A group's options as the kernels read them, and the seed of stochastic rounding."""
+    """A group's options as the kernels read them, and the seed of stochastic rounding's bits
+    (``rounding_seed``: with each tensor's stream and step, as ``equations.rounding_noise``)."""
 
     numbers: Tensor  # float64, HP order
     flags: Tensor  # int64, Flag order
@@ -392,14 +393,9 @@ def make_buffers(plan: Plan) -> Buffers:
 
 
 def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
-    """``hp`` for the kernels; a seed is drawn from torch's generator only for stochastic
-    rounding (as the eager step draws its noise only then)."""
+    """``hp`` for the kernels, and the seed of stochastic rounding's bits."""
     del device  # always the CPU
-    seed = (
-        torch.randint(0, 2**62, (1,))
-        if hp.written_as == "stochastic"
-        else torch.zeros(1, dtype=torch.int64)
-    )
+    seed = torch.tensor([hp.rounding_seed or 0], dtype=torch.int64)
     return Numbers(
         torch.tensor(plan_numbers(hp), dtype=torch.float64),
         torch.tensor(plan_flags(hp), dtype=torch.int64),

@@ -54,7 +54,8 @@ def admits(entry: Any, device_type: str) -> bool:
         and state["nonfinite_skips"].dtype == torch.int64
         and all(state[k].dtype == torch.float32 for k in STATISTICS if k in state)
         and (momentum is None or momentum.dtype in DTYPE_CODES)
-        and "residual" not in state  # compensated rounding: the kernels write no residual yet
+        # compensated rounding: the Triton kernels write no residual yet
+        and ("residual" not in state or device_type == "cpu")
         and all(
             x.device == param.device
             and x.is_contiguous()  # a non-contiguous parameter: a contiguous copy steps eagerly

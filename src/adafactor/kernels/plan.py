@@ -75,6 +75,8 @@ class Field(IntEnum):
     SLICES = 35
     RMS_GROUPS = 36  # how many RMS values: S per slice, 1 per tensor
     GRAD_DTYPE = 37  # GRAD_CODES: a gradient is read in its own dtype
+    RESIDUAL = 38  # compensated rounding's residual, of the parameter's dtype (0: none)
+    STREAM = 39  # which stream of stochastic rounding's bits is the parameter's (step.Entry)
 
 
 class Tile(IntEnum):
@@ -299,6 +301,8 @@ def build_plan(members: Sequence[Member], geometry: Geometry, device: torch.devi
                 slices,
                 slices if layout.per_slice else 1,
                 GRAD_CODES[member.grad.dtype],
+                0 if state.residual is None else state.residual.data_ptr(),
+                state.stream & 0xFFFFFFFF,
             ]
         )
     host = torch.tensor(rows, dtype=torch.int64).reshape(len(members), len(Field))
