@@ -84,7 +84,7 @@ def train(
 ) -> tuple[Net, Adafactor]:
     net = Net(dtype)
     extra = {"step_in_backward": True, "accumulation_steps": accumulation} if in_backward else {}
-    opt = Adafactor(groups(net), **options, **extra)
+    opt = Adafactor(groups(net), **{"rounding_seed": 1, **options}, **extra)
     for i, (x, y) in enumerate(batches(steps * accumulation)):
         logits = net(x, i // accumulation).float()
         (nn.functional.cross_entropy(logits, y) / accumulation).backward()
