@@ -167,16 +167,19 @@ def test_the_chunked_eager_step_matches_the_reference(monkeypatch):
             torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_params_match_reference_to_one_rounding(dtype):
+def test_low_precision_params_match_reference_to_one_rounding(dtype, rounding):
     # State and math are float32; only the final write rounds to the parameter's dtype, so
-    # each step lands within one rounding (2^-8 relative for bf16, 2^-11 for fp16) of the
-    # reference step taken from the same rounded starting point.
+    # each step lands within one rounding of the reference step taken from the same rounded
+    # starting point: to nearest, half a step of the dtype (2^-8 relative for bf16, 2^-11 for
+    # fp16); stochastically, to one of the two neighbours: a whole step.
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(64, 48, generator=gen).to(dtype)
     p = x.clone().requires_grad_(True)
-    opt = Adafactor([p])
+    opt = Adafactor([p], rounding=rounding)
     ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    ulp *= 2 if rounding == "stochastic" else 1
     for _ in range(5):
         g = torch.randn(64, 48, generator=gen)
         ref = ReferenceAdafactor([p.detach()])

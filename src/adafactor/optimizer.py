@@ -137,8 +137,9 @@ class Adafactor(Optimizer):
             defaults["eps"] = tuple(eps)
         validate_options(defaults)
         plain_numbers(defaults)
-        if rounding_seed is None:  # drawn once, then saved with the groups: a resume goes on
-            defaults["rounding_seed"] = int(torch.randint(0, 2**32, (), dtype=torch.int64))
+        if rounding_seed is None:  # then saved with the groups: a resume goes on
+            # torch's seed, not a draw from its generator, which would move the user's stream.
+            defaults["rounding_seed"] = torch.initial_seed() & 0xFFFFFFFF
         check_tensor_lr_value(lr, "Adafactor")
         _check_accumulation_steps(accumulation_steps)
         if not isinstance(step_in_backward, bool):

@@ -471,14 +471,15 @@ class Hyperparameters:
     rounding_seed: int | None = option(
         None,
         "",
-        "the seed of stochastic rounding's random bits; `None`: drawn from torch's generator "
-        "when the optimizer is made",
+        "the seed of stochastic rounding's random bits; `None`: torch's seed "
+        "(`torch.initial_seed()`) when the optimizer is made",
         "the seed of stochastic rounding's random bits, which are a hash of the seed, the "
         "parameter, the step number and the element: the same seed gives the same run, in "
         "whatever order the parameters step (inside the backward pass too), and a resumed run "
         "goes on with the same bits (the seed is saved with the groups). ``None`` (default): "
-        "drawn from torch's generator when the optimizer is made (``torch.manual_seed`` first "
-        "makes it reproducible).",
+        "torch's seed when the optimizer is made (``torch.initial_seed()``, which "
+        "``torch.manual_seed`` sets), read without drawing from torch's generator, so that "
+        "making the optimizer does not move the random numbers a script draws after it.",
         _seed,
         since="0.3.0",
         samples=(12345,),
