@@ -139,6 +139,36 @@ def shards_round_independently_and_replicas_alike(rank: int, tmp: Path) -> None:
     assert torch.equal(gathered[0], gathered[1])
 
 
+def compensated_shards_match_single_process(rank: int, tmp: Path) -> None:
+    # A bfloat16 parameter sharded by rows and by columns, compensated rounding: its residual
+    # is placed like it, and parameter and residual step as on one process (the sums that span
+    # shards completed first; the writes are elementwise), eagerly and with the C kernels.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    gen = torch.Generator().manual_seed(2)
+    value = torch.randn(12, 10, generator=gen).bfloat16()
+    grads = [torch.randn(12, 10, generator=gen).bfloat16() for _ in range(3)]
+    for fused in (False, None):
+        options = {"rounding": "compensated", "lr": 1e-3, "relative_step": False, "fused": fused}
+        params = [nn.Parameter(distribute_tensor(value.clone(), mesh, [Shard(d)])) for d in (0, 1)]
+        ref = nn.Parameter(value.clone())
+        opt, ref_opt = Adafactor(params, **options), Adafactor([ref], **options)
+        for g in grads:
+            for p, d in zip(params, (0, 1)):
+                p.grad = distribute_tensor(g.clone(), mesh, [Shard(d)])
+            ref.grad = g.clone()
+            opt.step()
+            ref_opt.step()
+        carried = ref.detach().float() + ref_opt.state[ref]["residual"].float()
+        for p in params:
+            residual = opt.state[p]["residual"]
+            assert residual.placements == p.placements
+            mine = p.detach().full_tensor().float() + residual.full_tensor().float()
+            torch.testing.assert_close(mine, carried, rtol=1e-5, atol=1e-6)
+
+
 def ddp_in_backward_is_refused(rank: int, tmp: Path) -> None:
     model = Net()
     ddp = nn.parallel.DistributedDataParallel(model)
@@ -302,6 +332,10 @@ def test_fsdp2_in_backward_matches_single_process(tmp_path):
 
 def test_shards_round_independently_and_replicas_alike(tmp_path):
     spawn(shards_round_independently_and_replicas_alike, tmp_path)
+
+
+def test_compensated_shards_match_single_process(tmp_path):
+    spawn(compensated_shards_match_single_process, tmp_path)
 
 
 def test_ddp_in_backward_is_refused(tmp_path):
