@@ -45,9 +45,9 @@ static inline uint32_t float_bits(float f) {
 
 static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch */
     uint32_t u = float_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    /* a select, not a branch, so that the loops around it vectorize; NaN stays quiet NaN */
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
 }
 
 #ifdef __FLT16_MANT_DIG__ /* the compiler's half floats: hardware conversions (F16C, FP16) */
@@ -203,12 +203,44 @@ static inline uint16_t stochastic_f16(float f, uint32_t noise) {
     return h;
 }
 
-static inline uint16_t nearest_16(int code, float f) {
-    return code == 1 ? float_to_bf16(f) : float_to_f16(f);
+/* Compensated: x written to nearest, and what that dropped to the residual r (exact in
+ * float32), both of dtype `code`. The contiguous loops are separate, so that they vectorize. */
+static void write_compensated(int code, uint16_t *x, uint16_t *r, int64_t stride, int64_t n,
+                              const float *v) {
+    if (code == 1 && stride == 1) {
+        for (int64_t j = 0; j < n; j++) {
+            uint16_t w = float_to_bf16(v[j]);
+            x[j] = w;
+            r[j] = float_to_bf16(v[j] - bf16_to_float(w));
+        }
+    } else if (code == 1) {
+        for (int64_t j = 0; j < n; j++) {
+            uint16_t w = float_to_bf16(v[j]);
+            x[j * stride] = w;
+            r[j * stride] = float_to_bf16(v[j] - bf16_to_float(w));
+        }
+    } else {
+        for (int64_t j = 0; j < n; j++) {
+            uint16_t w = float_to_f16(v[j]);
+            x[j * stride] = w;
+            r[j * stride] = float_to_f16(v[j] - f16_to_float(w));
+        }
+    }
 }
 
-static inline float widen_16(int code, uint16_t h) {
-    return code == 1 ? bf16_to_float(h) : f16_to_float(h);
+/* Stochastic: element j's bits from its flat position first + j·stride. */
+static void write_stochastic(int code, uint16_t *x, int64_t stride, int64_t n, const float *v,
+                             uint32_t per_step, uint64_t first) {
+    if (code == 1 && stride == 1) {
+        for (int64_t j = 0; j < n; j++)
+            x[j] = stochastic_bf16(v[j], noise_at(per_step, first + (uint64_t)j));
+    } else if (code == 1) {
+        for (int64_t j = 0; j < n; j++)
+            x[j * stride] = stochastic_bf16(v[j], noise_at(per_step, first + (uint64_t)(j * stride)));
+    } else {
+        for (int64_t j = 0; j < n; j++)
+            x[j * stride] = stochastic_f16(v[j], noise_at(per_step, first + (uint64_t)(j * stride)));
+    }
 }
 
 /* --- The tables ---------------------------------------------------------------------------- */
@@ -620,21 +652,12 @@ static void apply_run(Tensor x, Buffers *b, int64_t e, int64_t stride, int64_t k
     }
     for (int64_t j = 0; j < k; j++) xv[j] = xv[j] - (sign * u[j] + xv[j] * decay);
     uint16_t *xh = (uint16_t *)xp;
-    if (rp) {
-        for (int64_t j = 0; j < k; j++) {
-            uint16_t written = nearest_16(pcode, xv[j]);
-            xh[j * stride] = written;
-            rp[j * stride] = nearest_16(pcode, xv[j] - widen_16(pcode, written)); /* exact */
-        }
-    } else if (pcode == 1 && flags[FLAG_STOCHASTIC_ROUNDING]) {
-        for (int64_t j = 0; j < k; j++)
-            xh[j * stride] = stochastic_bf16(xv[j], noise_at(per_step, (uint64_t)(e + j * stride)));
-    } else if (pcode == 2 && flags[FLAG_STOCHASTIC_ROUNDING]) {
-        for (int64_t j = 0; j < k; j++)
-            xh[j * stride] = stochastic_f16(xv[j], noise_at(per_step, (uint64_t)(e + j * stride)));
-    } else {
+    if (rp)
+        write_compensated(pcode, xh, rp, stride, k, xv);
+    else if (pcode != 0 && flags[FLAG_STOCHASTIC_ROUNDING])
+        write_stochastic(pcode, xh, stride, k, xv, per_step, (uint64_t)e);
+    else
         put_f32(xp, pcode, stride, k, xv);
-    }
 }
 
 static void apply_tile(const int64_t *tile, const int64_t *desc, const float *sums,
