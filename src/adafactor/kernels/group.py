@@ -125,7 +125,11 @@ class PlanCache:
         return self.plan
 
     def hold(self, host_buffer: Any) -> None:
-        """Keep ``host_buffer`` alive while a CUDA graph being captured copies from it."""
+        """Keep ``host_buffer`` (or what holds it: a backend's ``Numbers``) alive as long as
+        this cache, when a CUDA graph is being captured: the graph copies from that memory at
+        every replay, and pinned memory given back to torch's host allocator is handed out
+        again (to a ``pin_memory=True`` DataLoader, say), so that replays would read
+        another's data as the step's numbers or pointers."""
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             self.held.append(host_buffer)
 

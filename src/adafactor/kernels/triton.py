@@ -66,11 +66,15 @@ class Buffers(NamedTuple):
 
 
 class Numbers(NamedTuple):
-    """A group's numbers on the device, its choices as compile-time flags, and a seed."""
+    """A group's numbers on the device, its choices as compile-time flags, a seed, and the
+    host buffer the numbers were copied from (pinned on CUDA: a CUDA graph captured from
+    this step copies from it at every replay, so it is kept as long as the graph is:
+    ``PlanCache.hold``)."""
 
     numbers: Tensor
     flags: dict[str, Any]
     seed: Tensor
+    host: Tensor
 
 
 def make_buffers(plan: Plan) -> Buffers:
@@ -108,7 +112,7 @@ def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
         seed = torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int32)
     else:
         seed = torch.zeros(1, device=device, dtype=torch.int32)
-    return Numbers(on_device, compile_flags(hp), seed)
+    return Numbers(on_device, compile_flags(hp), seed, values)
 
 
 def compile_flags(hp: Hyperparameters) -> dict[str, dict[str, Any]]:
