@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import warnings
 from types import ModuleType
 
@@ -22,6 +23,12 @@ EAGER_COST = "the same results up to rounding, about 3.5–7× slower per step o
 """What stepping eagerly instead of with the CPU kernels costs: the eager step's time over the
 kernels' in docs/benchmarks.md on the sets of 16.8 M parameters and more (fp32 3.5–4.9×, bf16
 3.9–7.1×); 14× on the 0.4 M of demo-char, where the eager step's cost per tensor dominates."""
+EAGER_COSTS = {
+    "cpu": EAGER_COST,
+    "cuda": "the same results up to rounding, several launches per tensor instead of a few "
+    "per group (not measured on a GPU yet)",
+}
+"""What stepping eagerly costs, by device type, for the warning that says so."""
 
 _outcomes: dict[str, ModuleType | KernelBuildError | None] = {}
 """Each device type's kernels as found on first use in this process: the backend module, None
@@ -66,7 +73,13 @@ def _find(device_type: str) -> ModuleType | None:
             from . import triton as triton_kernels
         except ImportError:
             return None
-        return triton_kernels if triton_kernels.available() else None
+        if not triton_kernels.available():
+            return None
+        # Compiled and launched once now, on a tiny plan, so that a Triton that cannot compile
+        # (no C compiler for its launchers, a ptxas error, a module that does not load) is
+        # seen here, before any step changes anything.
+        triton_kernels.prepare_device(torch.device("cuda", torch.cuda.current_device()))
+        return triton_kernels
     return None
 
 
@@ -98,14 +111,7 @@ def backend_for(setting: bool | None, device: torch.device) -> ModuleType | None
     try:
         backend = _backend(device.type)
     except KernelBuildError as error:
-        if setting:
-            raise KernelBuildError(
-                f"fused=True: {error}; fused=None steps eagerly instead"
-            ) from None
-        _warn_once(
-            f"adafactor: the group kernels cannot be built, stepping eagerly ({EAGER_COST}): "
-            f"{error}"
-        )
+        refuse(setting, device.type, error)
         return None
     if backend is None and setting:
         raise RuntimeError(
@@ -113,6 +119,20 @@ def backend_for(setting: bool | None, device: torch.device) -> ModuleType | None
             "CPU, Triton on CUDA); use fused=None to fall back to the eager step"
         )
     return backend
+
+
+def refuse(setting: bool | None, device_type: str, error: KernelBuildError) -> None:
+    """The rule where the group kernels cannot be built, loaded or launched: under
+    ``fused=None`` one ``KernelBuildWarning`` per process and cause, and the caller steps
+    eagerly; under ``fused=True`` a ``KernelBuildError`` naming the cause.
+
+    Raises:
+        KernelBuildError: ``setting`` is True.
+    """
+    if setting:
+        raise KernelBuildError(f"fused=True: {error}; fused=None steps eagerly instead") from None
+    cost = EAGER_COSTS.get(device_type, "the same results up to rounding")
+    _warn_once(f"adafactor: the group kernels cannot be built, stepping eagerly ({cost}): {error}")
 
 
 def reset() -> None:
@@ -124,6 +144,9 @@ def reset() -> None:
     _outcomes.clear()
     _warn_once.cache_clear()
     cpu.library.cache_clear()
+    triton_kernels = sys.modules.get(f"{__name__}.triton")
+    if triton_kernels is not None:  # never imported for it: importing triton takes a second
+        triton_kernels.forget()
 
 
 @functools.cache  # once per process and message; never reached while tracing (backend_for)

@@ -5,16 +5,25 @@ three calls, with the partial sums handed out for completion between them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from ..distributed import LocalSum, summed_dims
 from ..options import Hyperparameters
-from ..phases import Applied
+from ..phases import (
+    Applied,
+    Size,
+    TensorState,
+    statistics_sums,
+    whole_step,
+)
+from ..tiling import canonical
+from . import refuse
+from .errors import KernelBuildError
 from .plan import DTYPE_CODES, GRAD_CODES, Field, Geometry, Member, Plan, build_plan
 
 
@@ -100,6 +109,7 @@ class PlanCache:
         self.plan: Plan | None = None
         self.grads: list[int] = []
         self.held: list[Any] = []
+        self.members: Callable[[], Sequence[Member]] | None = None  # this step's, for eager
 
     def plan_for(
         self,
@@ -113,6 +123,7 @@ class PlanCache:
         ``signature`` (storages, shapes, dtypes) changed; the gradients' pointers (new tensors
         every step after ``zero_grad()``) are refreshed."""
         pointers = [g.data_ptr() for g in grads]
+        self.members = members  # should the kernels fail to launch, the step runs eagerly
         geometry = self.geometry or geometry
         signature = (*signature, geometry)
         if self.plan is None or signature != self.signature:
@@ -130,29 +141,63 @@ class PlanCache:
         return self.plan
 
     def hold(self, host_buffer: Any) -> None:
-        """Keep ``host_buffer`` alive while a CUDA graph being captured copies from it."""
+        """Keep ``host_buffer`` (or what holds it: a backend's ``Numbers``) alive as long as
+        this cache, when a CUDA graph is being captured: the graph copies from that memory at
+        every replay, and pinned memory given back to torch's host allocator is handed out
+        again (to a ``pin_memory=True`` DataLoader, say), so that replays would read
+        another's data as the step's numbers or pointers."""
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             self.held.append(host_buffer)
 
 
 @dataclass
 class KernelRun:
-    """What passes between the phases of one step through the kernels."""
+    """What passes between the phases of one step through the kernels; ``eager`` where they
+    could not be launched and the tensors step eagerly instead."""
 
     backend: Backend
     plan: Plan
     buffers: Any
     numbers: Any
     steps: Sequence[Any]
+    eager: EagerRun | None = None
+
+
+@dataclass
+class EagerRun:
+    """The eager phases of the tensors a plan holds, for a step whose kernels cannot run:
+    ``steps`` (``step.TensorStep``s), what the last phase returned for each, and with the
+    ``step.Entry``s that name their partial sums where the step goes phase by phase."""
+
+    steps: list[Any]
+    results: list[Any]
+    entries: Sequence[Any] = ()
+
+    @property
+    def whole(self) -> bool:
+        """Whether the tensors are held whole: their step is done in phase 1."""
+        return not self.entries
+
+    def pairs(self) -> Iterable[tuple[Any, Any]]:
+        return zip(self.steps, self.results)
+
+    def triples(self) -> Iterable[tuple[Any, Any, Any]]:
+        return zip(self.entries, self.steps, self.results)
 
 
 def kernel_sums(
     backend: Backend, cache: PlanCache, plan: Plan, hp: Hyperparameters, steps: Sequence[Any] = ()
 ) -> KernelRun:
     """Phase 1 for the tensors of ``plan`` (``statistics_local_sums`` are its partial sums;
-    ``steps``, the ``step.Entry``s, name them)."""
+    ``steps``, the ``step.Entry``s, name them). Where the kernels cannot be launched with
+    ``hp``'s flags (found before anything is launched: ``backend.numbers``), the tensors step
+    eagerly under ``fused=None`` after one warning, and ``fused=True`` raises."""
+    try:
+        numbers = backend.numbers(hp, plan.descriptors.device)
+    except KernelBuildError as error:
+        refuse(hp.fused, backend.DEVICE_TYPE, error)
+        return _eager_sums(backend, cache, plan, hp, steps)
     buffers = backend.make_buffers(plan)
-    numbers = backend.numbers(hp, plan.descriptors.device)
     cache.hold(numbers)
     run = KernelRun(backend, plan, buffers, numbers, steps)
     backend.sums(plan, buffers)
@@ -169,26 +214,50 @@ def kernel_step(backend: Backend, cache: PlanCache, plan: Plan, hp: Hyperparamet
 
 def kernel_update_sums(run: KernelRun) -> None:
     """Phase 2, from complete sums (``update_local_sums`` are its partial sums)."""
+    if run.eager is not None:
+        if run.eager.whole:
+            return
+        from ..phases import update_sums
+
+        e = run.eager
+        e.results = [update_sums(t.grad, s, t.state.momentum, t.hp, t.size) for t, s in e.pairs()]
+        return
     run.backend.update_sums(run.plan, run.buffers, run.numbers)
 
 
 def statistics_local_sums(run: KernelRun) -> list[LocalSum]:
     """Phase 1's partial sums, to complete across processes before phase 2."""
-    return _local_sums(run, ("param_sq", "row", "col", "total", "old_row_mean"))
+    names = ("param_sq", "row", "col", "total", "old_row_mean")
+    if run.eager is not None:
+        return _eager_local_sums(run.eager, names)
+    return _local_sums(run, names)
 
 
 def update_local_sums(run: KernelRun) -> list[LocalSum]:
     """Phase 2's partial sums, to complete across processes before phase 3."""
-    return _local_sums(run, ("nonfinite", "sum_sq_u"))
+    names = ("nonfinite", "sum_sq_u")
+    if run.eager is not None:
+        return _eager_local_sums(run.eager, names)
+    return _local_sums(run, names)
 
 
 def kernel_apply(run: KernelRun) -> None:
     """Phase 3, from complete sums."""
+    if run.eager is not None:
+        if run.eager.whole:
+            return
+        from ..phases import apply_update
+
+        e = run.eager
+        e.results = [apply_update(t.param, t.grad, s, t.state, t.hp, t.size) for t, s in e.pairs()]
+        return
     run.backend.apply(run.plan, run.buffers, run.numbers)
 
 
 def applied(run: KernelRun) -> list[Applied]:
     """What each tensor's step applied, for diagnostics (views of the run's sums)."""
+    if run.eager is not None:
+        return list(run.eager.results)
     sums = run.backend.sums_of(run.buffers)
     return [
         Applied(
@@ -208,4 +277,75 @@ def _local_sums(run: KernelRun, names: Sequence[str]) -> list[LocalSum]:
     for e, layout in zip(run.steps, run.plan.layouts):
         dims = summed_dims(e.dims, len(e.shape), layout.per_slice)
         out += [LocalSum(layout.view(sums, n), e.key, dims[n]) for n in names if n in dims]
+    return out
+
+
+def _eager_sums(
+    backend: Backend, cache: PlanCache, plan: Plan, hp: Hyperparameters, entries: Sequence[Any]
+) -> KernelRun:
+    """Phase 1 of the eager step for the tensors of ``plan``: all three phases at once for
+    tensors held whole (where ``kernel_update_sums`` and ``kernel_apply`` then do nothing),
+    else phase 1, with ``entries`` naming the partial sums."""
+    if entries:
+        steps = [_EagerStep.of(e) for e in entries]
+        sums = [statistics_sums(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in steps]
+        eager = EagerRun(steps, sums, entries)
+    else:
+        assert cache.members is not None  # set by plan_for, which made this plan
+        tensor_hp = hp.as_tensors(plan.descriptors.device, torch.float32)
+        results = []
+        for m in cache.members():
+            size = Size(
+                m.whole_numel, m.whole_n, m.whole_m, m.per_slice, max(m.whole_numel, 1) ** -0.5
+            )
+            # float32: the statistics' dtype of every tensor the kernels admit
+            results.append(whole_step(m.param, m.grad, m.state, tensor_hp, size, torch.float32))
+        eager = EagerRun([], results)
+    return KernelRun(backend, plan, None, None, entries, eager)
+
+
+class _EagerStep(NamedTuple):
+    """A ``step.Entry`` as the eager phases read it (``step.tensor_step``'s views: an admitted
+    entry is contiguous)."""
+
+    param: Tensor
+    grad: Tensor
+    state: TensorState
+    hp: Hyperparameters
+    size: Size
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, entry: Any) -> _EagerStep:
+        dims = entry.dims
+        return cls(
+            canonical(entry.param, dims),
+            canonical(entry.grad, dims),
+            TensorState.of(entry.state, dims),
+            entry.hp,
+            Size.of(entry.shape, dims, entry.hp.rms_per_slice),
+            entry.dtype,
+        )
+
+
+def _eager_local_sums(eager: EagerRun, names: Sequence[str]) -> list[LocalSum]:
+    """The named partial sums of the eager phases' results, as ``step.py`` hands them on (each
+    with the parameter dims it sums over)."""
+    fields = {
+        "param_sq": "param_sq",
+        "row": "row_sq",
+        "col": "col_sq",
+        "total": "total_sq",
+        "old_row_mean": "old_row_mean",
+        "nonfinite": "nonfinite",
+        "sum_sq_u": "sum_sq_u",
+    }
+    out = []
+    for e, t, result in eager.triples():
+        dims = summed_dims(e.dims, len(e.shape), t.size.per_slice)
+        out += [
+            LocalSum(getattr(result, fields[n]), e.key, dims[n])
+            for n in names
+            if hasattr(result, fields[n])
+        ]
     return out

@@ -16,14 +16,19 @@ tensors through Triton's interpreter (``TRITON_INTERPRET=1``)."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Any, NamedTuple
 
 import torch
 import triton
 from torch import Tensor
 
+from ..factoring import state_layout
 from ..options import Hyperparameters
-from .plan import HP, Flag, Geometry, Plan
+from ..phases import TensorState
+from ..tiling import canonical
+from .errors import KernelBuildError
+from .plan import HP, Flag, Geometry, Member, Plan, build_plan
 from .plan import flags as plan_flags
 from .plan import numbers as plan_numbers
 from .triton_apply import apply_scalars, apply_tiles, commit
@@ -45,6 +50,19 @@ MAX_SPLIT = 32
 
 LAUNCHES: collections.Counter[str] = collections.Counter()
 """Kernel launches made, by kernel name (read by the tests)."""
+KERNELS = (
+    sums_tiles,
+    sums_tensors,
+    statistics,
+    update_sums_tiles,
+    update_sums_tensors,
+    apply_scalars,
+    apply_tiles,
+    commit,
+)
+"""Every kernel a step launches, in launch order (read by the tests and ``gpu_check.sh``)."""
+LAUNCHES_PER_STEP = len(KERNELS)
+"""Launches per group and step, whatever the number of tensors."""
 
 
 def available() -> bool:
@@ -66,11 +84,15 @@ class Buffers(NamedTuple):
 
 
 class Numbers(NamedTuple):
-    """A group's numbers on the device, its choices as compile-time flags, and a seed."""
+    """A group's numbers on the device, its choices as compile-time flags, a seed, and the
+    host buffer the numbers were copied from (pinned on CUDA: a CUDA graph captured from
+    this step copies from it at every replay, so it is kept as long as the graph is:
+    ``PlanCache.hold``)."""
 
     numbers: Tensor
     flags: dict[str, Any]
     seed: Tensor
+    host: Tensor
 
 
 def make_buffers(plan: Plan) -> Buffers:
@@ -93,7 +115,20 @@ def make_buffers(plan: Plan) -> Buffers:
 def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
     """``hp`` on ``device`` with no wait: the numbers go through pinned memory, a Tensor
     ``lr`` on the device is copied there on the device; a seed for stochastic rounding is
-    drawn on the device."""
+    drawn on the device. The first time ``hp``'s compile-time flags meet ``device`` the
+    kernels are compiled for them and launched once on a tiny plan (``prepare``), before
+    this step launches anything.
+
+    Raises:
+        KernelBuildError: the kernels cannot be compiled or launched with these flags (found
+            once per process, device and flags; nothing of the step has run).
+    """
+    flags = compile_flags(hp)
+    prepare(hp, flags, device)
+    return _numbers(hp, device, flags)
+
+
+def _numbers(hp: Hyperparameters, device: torch.device, flags: dict[str, Any]) -> Numbers:
     lr_on_device = isinstance(hp.lr, Tensor) and hp.lr.device == device
     values = torch.tensor(
         plan_numbers(hp) if not lr_on_device else _numbers_without_lr(hp), dtype=torch.float32
@@ -108,7 +143,7 @@ def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
         seed = torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int32)
     else:
         seed = torch.zeros(1, device=device, dtype=torch.int32)
-    return Numbers(on_device, compile_flags(hp), seed)
+    return Numbers(on_device, flags, seed, values)
 
 
 def compile_flags(hp: Hyperparameters) -> dict[str, dict[str, Any]]:
@@ -134,8 +169,6 @@ def compile_flags(hp: Hyperparameters) -> dict[str, dict[str, Any]]:
 
 
 def _numbers_without_lr(hp: Hyperparameters) -> list[float]:
-    import dataclasses
-
     return plan_numbers(dataclasses.replace(hp, lr=0.0))
 
 
@@ -145,8 +178,131 @@ def sums_of(buffers: Buffers) -> Tensor:
 
 
 def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **constants: Any) -> None:
-    LAUNCHES[kernel.__name__] += 1
-    kernel[grid](*args, **constants)
+    if _warming is None:
+        LAUNCHES[kernel.__name__] += 1
+        kernel[grid](*args, **constants)
+        return
+    try:
+        if _warming == "compile":
+            kernel.warmup(*args, grid=grid, **constants)
+        else:
+            kernel[grid](*args, **constants)
+    except Exception as error:  # any failure of Triton's, its compilers' or the driver's
+        raise KernelBuildError(f"{kernel.__name__}: {type(error).__name__}: {error}") from error
+
+
+# --- Compiled and launched once before a step needs them --------------------------------------
+
+_warming: str | None = None
+"""While ``_warm_up`` runs: "launch", or "compile" (during a CUDA-graph capture, where a launch
+would be captured and a wait is not allowed); launches then go uncounted."""
+_prepared: dict[tuple[str, Any], KernelBuildError | None] = {}
+"""Per device and set of compile-time flags: None where the kernels compiled and ran on a
+tiny plan, else why not (not tried again in this process). ``forget()`` clears it."""
+
+
+def prepare_device(device: torch.device) -> None:
+    """Compile every kernel for the default options and launch it once on ``device`` (when the
+    backend is chosen for it).
+
+    Raises:
+        KernelBuildError: a kernel cannot be compiled, loaded or launched; the kernel and the
+            cause in the message.
+    """
+    hp = Hyperparameters()
+    prepare(hp, compile_flags(hp), device)
+
+
+def prepare(hp: Hyperparameters, flags: dict[str, Any], device: torch.device) -> None:
+    """Make sure every kernel runs on ``device`` with ``flags`` (``hp``'s): the first time,
+    compiled and launched on a tiny plan of its own, so that a failure (Triton's compiler,
+    ptxas, the C compiler Triton ≤ 3.6 builds its launchers with, the module load, the launch
+    itself) is found before a step has changed anything; remembered per process.
+
+    Raises:
+        KernelBuildError: they cannot run (again each time: the outcome is remembered).
+    """
+    key = (str(device), tuple((part, tuple(sorted(f.items()))) for part, f in flags.items()))
+    if key not in _prepared:
+        try:
+            _warm_up(hp, device)
+            _prepared[key] = None
+        except KernelBuildError as error:
+            _prepared[key] = KernelBuildError(
+                f"the Triton kernels cannot be compiled or launched on {device} with "
+                f"{_describe(flags)}: {error}"
+            )
+        except Exception as error:  # setting up the tiny plan: the device itself fails
+            _prepared[key] = KernelBuildError(
+                f"the Triton kernels cannot be tried on {device}: {type(error).__name__}: {error}"
+            )
+    failure = _prepared[key]
+    if failure is not None:
+        raise KernelBuildError(*failure.args)  # a new one: raising one again grows its traceback
+
+
+def forget() -> None:
+    """Forget which devices and flags the kernels were prepared for (``kernels.reset``)."""
+    _prepared.clear()
+
+
+def _describe(flags: dict[str, Any]) -> str:
+    chosen = [f"{k}={v}" for part in flags.values() for k, v in part.items()]
+    return "the compile-time flags " + ", ".join(chosen)
+
+
+def _warm_up(hp: Hyperparameters, device: torch.device) -> None:
+    """Every kernel compiled for ``hp``'s flags, and launched on a tiny plan of tensors of its
+    own: a factored matrix, a vector, with momentum where ``hp`` has it (nothing of the
+    user's is read or written, and torch's random state is left as it was)."""
+    global _warming
+    members = [_tiny_member((3, 5), hp, device), _tiny_member((4,), hp, device)]
+    plan = build_plan(members, GEOMETRY, device)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        options = _numbers(dataclasses.replace(hp, lr=1e-3), device, compile_flags(hp))
+    buffers = make_buffers(plan)
+    _warming = "compile" if capturing else "launch"
+    try:
+        sums(plan, buffers)
+        update_sums(plan, buffers, options)
+        apply(plan, buffers, options)
+    finally:
+        _warming = None
+    if device.type == "cuda" and not capturing:
+        torch.cuda.synchronize(device)  # a fault in a launch is reported here, not later
+
+
+def _tiny_member(shape: tuple[int, ...], hp: Hyperparameters, device: torch.device) -> Member:
+    """A parameter of ``shape`` (factored if 2-D) with a gradient and a fresh state."""
+    dims = (0, 1) if len(shape) == 2 else None
+    layout = state_layout(
+        shape,
+        torch.float32,
+        factored=dims is not None,
+        factor_dims="last",
+        min_dim_size_to_factor=1,
+        momentum=hp.beta1 is not None,
+        momentum_dtype=hp.momentum_dtype,
+    )
+    state = {
+        k: torch.zeros(spec.shape, dtype=spec.dtype, device=device) for k, spec in layout.items()
+    }
+    for k in ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq"):
+        if k in state:
+            state[k].fill_(1.0)
+    param = torch.ones(shape, device=device)
+    n, m = (shape[0], shape[1]) if dims is not None else (1, 1)
+    return Member(
+        canonical(param, dims),
+        canonical(torch.ones(shape, device=device), dims),
+        TensorState.of(state, dims),
+        dims,
+        param.numel(),
+        n,
+        m,
+        hp.rms_per_slice and dims is not None,
+    )
 
 
 def _tile_constants(plan: Plan) -> dict[str, int]:

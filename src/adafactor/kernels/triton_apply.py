@@ -51,7 +51,9 @@ from .triton_lanes import (
     T_SLICE,
     T_TENSOR,
     as_stored,
+    div,
     f32_pointer,
+    inverse_sqrt,
     lerp,
     load_f32,
     nonfinite,
@@ -98,14 +100,17 @@ def apply_scalars(
         g = k + lanes
         mask = g < groups
         if SCALE_PARAMETER:
-            up = tl.sqrt(tl.load(psq + g, mask=mask, other=0.0) / count)
-            down = tl.sqrt(tl.load(psq + groups + g, mask=mask, other=0.0) / count)
-            rms_x = tl.where(nonfinite(up) == 0.0, up / 4294967296.0, down * 4294967296.0)
+            up = tl.sqrt_rn(div(tl.load(psq + g, mask=mask, other=0.0), count))
+            down = tl.sqrt_rn(div(tl.load(psq + groups + g, mask=mask, other=0.0), count))
+            rms_x = tl.where(nonfinite(up) == 0.0, up * 2.3283064365386963e-10, down * 4294967296.0)
             alpha = rho * tl.maximum(rms_x, tl.load(hp + H_EPS2))
         else:
             alpha = rho + 0.0 * lanes
-        update_rms = tl.sqrt(tl.load(su + g, mask=mask, other=0.0) / count)
-        step_scale = alpha / tl.maximum(update_rms / tl.load(hp + H_CLIP), 1.0) if CLIP else alpha
+        update_rms = tl.sqrt_rn(div(tl.load(su + g, mask=mask, other=0.0), count))
+        if CLIP:
+            step_scale = div(alpha, tl.maximum(div(update_rms, tl.load(hp + H_CLIP)), 1.0))
+        else:
+            step_scale = alpha
         if DECAY_SCALE == 0:
             s = rho + 0.0 * alpha
         elif DECAY_SCALE == 1:
@@ -166,7 +171,7 @@ def _apply_block(
             1.0 - beta2_t,
         )
         tl.store(v_at + v_offs, v, mask=mask)
-        u = direction / tl.sqrt(v)
+        u = div(direction, tl.sqrt_rn(v))
     step = u * step_scale
     if STEP_MOMENTUM:
         mcode = tl.load(d + F_MOMENTUM_DTYPE)
@@ -249,7 +254,7 @@ def apply_tiles(
             cols = tl.arange(0, BLOCK_C)
             col_mask = cols < ncols
             mean = tl.load(sums + tl.load(d + F_TOTAL) + s)
-            cf = 1.0 / tl.sqrt(
+            cf = inverse_sqrt(
                 tl.load(
                     sums + tl.load(d + F_COL) + col_base + (col0 + cols) * cs,
                     mask=col_mask,
@@ -261,11 +266,15 @@ def apply_tiles(
                 row_mask = rows < row0 + nrows
                 mask = row_mask[:, None] & col_mask[None, :]
                 offs = base + rows[:, None].to(tl.int64) * rs + (col0 + cols)[None, :] * cs
-                rf = 1.0 / tl.sqrt(
-                    tl.load(
-                        sums + tl.load(d + F_ROW) + row_base + rows * rsr, mask=row_mask, other=1.0
+                rf = inverse_sqrt(
+                    div(
+                        tl.load(
+                            sums + tl.load(d + F_ROW) + row_base + rows * rsr,
+                            mask=row_mask,
+                            other=1.0,
+                        ),
+                        mean,
                     )
-                    / mean
                 )
                 _apply_block(
                     d,

@@ -90,9 +90,9 @@ def load_f32(addr, offs, mask, code):
         x = x.to(tl.float32)
     elif code == 0:
         x = tl.load(addr.to(tl.pointer_type(tl.float32)) + offs, mask=mask, other=0.0)
-    elif code == 1:
-        x = tl.load(addr.to(tl.pointer_type(tl.bfloat16)) + offs, mask=mask, other=0.0)
-        x = x.to(tl.float32)
+    elif code == 1:  # its bits are float32's top half (the interpreter's cast flushes subnormals)
+        x = tl.load(addr.to(tl.pointer_type(tl.int16)) + offs, mask=mask, other=0)
+        x = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
     else:
         x = tl.load(addr.to(tl.pointer_type(tl.float16)) + offs, mask=mask, other=0.0)
         x = x.to(tl.float32)
@@ -102,9 +102,14 @@ def load_f32(addr, offs, mask, code):
 @triton.jit
 def round_bf16(x):
     """float32 ``x`` rounded to the nearest bfloat16 (ties to even), as float32: done on the
-    bits, so that the result is torch's on every Triton (the interpreter's cast truncates)."""
+    bits, so that the result is torch's on every Triton (the interpreter's cast truncates). A
+    NaN stays a NaN, made quiet (as torch and cpu.c's ``float_to_bf16``): rounding its bits
+    would carry a NaN such as the GPU's canonical 0x7FFFFFFF into the sign (−0.0) and round
+    0x7F800001 down to +inf."""
     bits = x.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    quiet = (bits | 0x00400000) & -65536
+    bits = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, quiet, rounded)
     return bits.to(tl.float32, bitcast=True)
 
 
@@ -113,9 +118,9 @@ def store_as(addr, offs, x, mask, code):
     """Store float32 ``x`` as dtype ``code``, rounded to nearest even."""
     if code == 0:
         tl.store(addr.to(tl.pointer_type(tl.float32)) + offs, x, mask=mask)
-    elif code == 1:
-        y = round_bf16(x).to(tl.bfloat16)  # exact: the value is a bfloat16 already
-        tl.store(addr.to(tl.pointer_type(tl.bfloat16)) + offs, y, mask=mask)
+    elif code == 1:  # the top half of the rounded bits (no float cast: see load_f32)
+        y = (round_bf16(x).to(tl.int32, bitcast=True) >> 16).to(tl.int16)
+        tl.store(addr.to(tl.pointer_type(tl.int16)) + offs, y, mask=mask)
     else:
         tl.store(addr.to(tl.pointer_type(tl.float16)) + offs, x.to(tl.float16), mask=mask)
 
@@ -143,8 +148,26 @@ def nonfinite(x):
 
 @triton.jit
 def power(x, y):
-    """``x^y`` for x ≥ 0 (``x^0 = 1``)."""
-    return tl.where(y == 0.0, 1.0, tl.exp2(y * tl.log2(x)))
+    """``x^y`` for float32 x ≥ 0 (``x^0 = 1``), as float32: formed in float64 and rounded once,
+    as the eager step's float32 ``pow`` (float32 ``exp2``/``log2`` lower to approximate,
+    subnormal-flushing instructions)."""
+    z = tl.exp2(y.to(tl.float64) * tl.log2(x.to(tl.float64))).to(tl.float32)
+    return tl.where(y == 0.0, 1.0, z)
+
+
+@triton.jit
+def div(x, y):
+    """``x / y`` rounded to nearest, subnormals kept: the eager step's float32 division. (``/``
+    lowers to ``div.full.f32``, which flushes subnormals to zero: a row ratio R/mean_r(R) of
+    ~1e-40 would become 0, its factor infinite, and 0·inf a NaN that skips the tensor.)"""
+    return tl.div_rn(x, y)
+
+
+@triton.jit
+def inverse_sqrt(x):
+    """``1/√x`` with both operations rounded to nearest, subnormals kept (``tl.sqrt`` lowers to
+    ``sqrt.approx.ftz.f32``): as the eager step's ``rsqrt`` and cpu.c's ``1.0f / sqrtf``."""
+    return tl.div_rn(1.0, tl.sqrt_rn(x))
 
 
 @triton.jit
@@ -168,19 +191,19 @@ def schedules(
     td = tl.maximum(t - tl.load(hp + H_DECAY_OFFSET), 1.0)
     if BETA2:
         b2 = tl.load(hp + H_BETA2)
-        beta2_t = b2 * (1.0 - power(b2, td - 1.0)) / (1.0 - power(b2, td))
+        beta2_t = div(b2 * (1.0 - power(b2, td - 1.0)), 1.0 - power(b2, td))
     else:
         beta2_t = 1.0 - power(td, -tl.load(hp + H_DECAY_RATE))
     if CAP:
         beta2_t = tl.minimum(beta2_t, tl.load(hp + H_BETA2_CAP))
     lr = tl.load(hp + H_LR)
     if RELATIVE:
-        rho = tl.minimum(1.0 / tl.sqrt(t), lr)
+        rho = tl.minimum(inverse_sqrt(t), lr)
         if WARMUP:
             rho = tl.minimum(rho, 1e-6 * t)
     else:
         rho = lr + 0.0 * t
-    bias = 1.0 / (1.0 - power(tl.load(hp + H_BETA1), t)) if GRAD_MOMENTUM else 1.0 + 0.0 * t
+    bias = div(1.0, 1.0 - power(tl.load(hp + H_BETA1), t)) if GRAD_MOMENTUM else 1.0 + 0.0 * t
     return beta2_t, rho, bias
 
 

@@ -55,7 +55,9 @@ from .triton_lanes import (
     T_ROWS,
     T_SLICE,
     T_TENSOR,
+    div,
     f32_pointer,
+    inverse_sqrt,
     lerp,
     load_f32,
     nonfinite,
@@ -93,7 +95,9 @@ def sums_tiles(desc, tiles, sums, scratch, tile_sums, BLOCK_C: tl.constexpr, ROW
         row_tiles, col_tiles = tl.load(d + F_ROW_TILES), tl.load(d + F_COL_TILES)
         ct, rt = tl.load(tile + T_COL_TILE), tl.load(tile + T_ROW_TILE)
         col0, ncols = tl.load(tile + T_COL0), tl.load(tile + T_COLS)
-        scale = 1.0 / tl.sqrt(tl.maximum(tl.load(d + F_WHOLE_NUMEL), 1).to(tl.float32))
+        # 1/√numel in float64, rounded once (the eager step's Python number, cpu.c's double).
+        numel = tl.maximum(tl.load(d + F_WHOLE_NUMEL), 1).to(tl.float64)
+        scale = (1.0 / tl.sqrt(numel)).to(tl.float32)
         whole_n = tl.load(d + F_WHOLE_N).to(tl.float32)
         old_row = f32_pointer(tl.load(d + F_STAT_A))
         cols = tl.arange(0, BLOCK_C)
@@ -118,7 +122,7 @@ def sums_tiles(desc, tiles, sums, scratch, tile_sums, BLOCK_C: tl.constexpr, ROW
                 tl.store(part + rows, row_sum, mask=row_mask)
             if ct == 0:
                 r_old = tl.load(old_row + row_base + rows * rsr, mask=row_mask, other=0.0)
-                old += tl.sum(r_old / whole_n, axis=0)
+                old += tl.sum(div(r_old, whole_n), axis=0)
         if row_tiles == 1:
             tl.store(
                 sums + tl.load(d + F_COL) + col_base + (col0 + cols) * cs, col_acc, mask=col_mask
@@ -225,15 +229,20 @@ def statistics(
     if tl.load(d + F_FACTORED) == 1:
         beta2_t, _rho, _bias = schedules(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
         w, eps1 = 1.0 - beta2_t, tl.load(hp + H_EPS1)
-        numel = tl.load(d + F_WHOLE_NUMEL).to(tl.float32)
-        wn, wm = tl.load(d + F_WHOLE_N).to(tl.float32), tl.load(d + F_WHOLE_M).to(tl.float32)
+        # The scales numel/m, numel/n and numel/(n·m) in float64, rounded once (as the eager
+        # step's Python numbers).
+        numel = tl.load(d + F_WHOLE_NUMEL).to(tl.float64)
+        wn, wm = tl.load(d + F_WHOLE_N).to(tl.float64), tl.load(d + F_WHOLE_M).to(tl.float64)
         slices, n, m = tl.load(d + F_SLICES), tl.load(d + F_N), tl.load(d + F_M)
         old_row, old_col = f32_pointer(tl.load(d + F_STAT_A)), f32_pointer(tl.load(d + F_STAT_B))
         row, col = sums + tl.load(d + F_ROW), sums + tl.load(d + F_COL)
         total, old_mean = sums + tl.load(d + F_TOTAL), sums + tl.load(d + F_OLD_ROW_MEAN)
-        bad += _statistic(old_row, row, slices * n, numel / wm, eps1, w, j, BLOCK, SPLIT)
-        bad += _statistic(old_col, col, slices * m, numel / wn, eps1, w, j, BLOCK, SPLIT)
-        _statistic(old_mean, total, slices, numel / (wn * wm), eps1, w, j, BLOCK, SPLIT)
+        row_scale = (numel / wm).to(tl.float32)
+        col_scale = (numel / wn).to(tl.float32)
+        total_scale = (numel / (wn * wm)).to(tl.float32)
+        bad += _statistic(old_row, row, slices * n, row_scale, eps1, w, j, BLOCK, SPLIT)
+        bad += _statistic(old_col, col, slices * m, col_scale, eps1, w, j, BLOCK, SPLIT)
+        _statistic(old_mean, total, slices, total_scale, eps1, w, j, BLOCK, SPLIT)
     tl.store(partials + i * SPLIT + j, tl.sum(bad, axis=0))
 
 
@@ -292,7 +301,7 @@ def update_sums_tiles(
             direction, _ = step_direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM)
             v = lerp(tl.load(v_old + offs, mask=mask, other=1.0), g * g + eps1, w)
             bad += tl.where(mask, nonfinite(v), 0.0)
-            u = tl.where(mask, direction / tl.sqrt(v), 0.0)
+            u = tl.where(mask, div(direction, tl.sqrt_rn(v)), 0.0)
             su += u * u
     else:
         s = tl.load(tile + T_SLICE)
@@ -301,7 +310,7 @@ def update_sums_tiles(
         cols = tl.arange(0, BLOCK_C)
         col_mask = cols < ncols
         mean = tl.load(sums + tl.load(d + F_TOTAL) + s)
-        cf = 1.0 / tl.sqrt(
+        cf = inverse_sqrt(
             tl.load(
                 sums + tl.load(d + F_COL) + col_base + (col0 + cols) * cs, mask=col_mask, other=1.0
             )
@@ -311,9 +320,13 @@ def update_sums_tiles(
             row_mask = rows < row0 + nrows
             mask = row_mask[:, None] & col_mask[None, :]
             offs = base + rows[:, None].to(tl.int64) * rs + (col0 + cols)[None, :] * cs
-            rf = 1.0 / tl.sqrt(
-                tl.load(sums + tl.load(d + F_ROW) + row_base + rows * rsr, mask=row_mask, other=1.0)
-                / mean
+            rf = inverse_sqrt(
+                div(
+                    tl.load(
+                        sums + tl.load(d + F_ROW) + row_base + rows * rsr, mask=row_mask, other=1.0
+                    ),
+                    mean,
+                )
             )
             g = load_f32(g_at, offs, mask, gcode)
             direction, _m = step_direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM)
