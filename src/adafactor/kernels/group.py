@@ -49,7 +49,8 @@ def admits(entry: Any, device_type: str) -> bool:
     CUDA: each reads and writes every tensor through a raw pointer in its own dtype, element
     by element from its start): a ``step.Entry`` is theirs only when every tensor it touches
     is on ``device_type``'s device, contiguous and aligned to its element, the parameter (and
-    momentum) float32, bfloat16 or float16, the gradient one of those or float64 (each read in
+    momentum) float32, bfloat16 or float16 (compensated rounding's residual the parameter's
+    dtype), the gradient one of those or float64 (each read in
     its own dtype), and the statistics and their math float32. Any other tensor steps eagerly
     in the same group step; nothing is refused."""
     param, state = entry.param, entry.state
@@ -63,8 +64,7 @@ def admits(entry: Any, device_type: str) -> bool:
         and state["nonfinite_skips"].dtype == torch.int64
         and all(state[k].dtype == torch.float32 for k in STATISTICS if k in state)
         and (momentum is None or momentum.dtype in DTYPE_CODES)
-        # compensated rounding: the Triton kernels write no residual yet
-        and ("residual" not in state or device_type == "cpu")
+        and ("residual" not in state or state["residual"].dtype == param.dtype)
         and all(
             x.device == param.device
             and x.is_contiguous()  # a non-contiguous parameter: a contiguous copy steps eagerly

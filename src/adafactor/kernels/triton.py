@@ -84,15 +84,17 @@ class Buffers(NamedTuple):
 
 
 class Numbers(NamedTuple):
-    """A group's numbers on the device, its choices as compile-time flags, a seed, and the
-    host buffer the numbers were copied from (pinned on CUDA: a CUDA graph captured from
-    this step copies from it at every replay, so it is kept as long as the graph is:
-    ``PlanCache.hold``)."""
+    """A group's numbers on the device, its choices as compile-time flags, the seed of
+    stochastic rounding's bits (``rounding_seed``: with each tensor's stream and step, as
+    ``equations.rounding_noise``), and the host buffers they were copied from (pinned on
+    CUDA: a CUDA graph captured from this step copies from them at every replay, so they are
+    kept as long as the graph is: ``PlanCache.hold``)."""
 
     numbers: Tensor
     flags: dict[str, Any]
-    seed: Tensor
+    seed: Tensor  # int64, one number
     host: Tensor
+    host_seed: Tensor
 
 
 def make_buffers(plan: Plan) -> Buffers:
@@ -114,10 +116,9 @@ def make_buffers(plan: Plan) -> Buffers:
 
 def numbers(hp: Hyperparameters, device: torch.device) -> Numbers:
     """``hp`` on ``device`` with no wait: the numbers go through pinned memory, a Tensor
-    ``lr`` on the device is copied there on the device; a seed for stochastic rounding is
-    drawn on the device. The first time ``hp``'s compile-time flags meet ``device`` the
-    kernels are compiled for them and launched once on a tiny plan (``prepare``), before
-    this step launches anything.
+    ``lr`` on the device is copied there on the device. The first time ``hp``'s compile-time
+    flags meet ``device`` the kernels are compiled for them and launched once on a tiny plan
+    (``prepare``), before this step launches anything.
 
     Raises:
         KernelBuildError: the kernels cannot be compiled or launched with these flags (found
@@ -139,11 +140,12 @@ def _numbers(hp: Hyperparameters, device: torch.device, flags: dict[str, Any]) -
     on_device.copy_(values, non_blocking=True)
     if lr_on_device:
         on_device[HP.LR].copy_(hp.lr.detach().reshape(()))  # type: ignore[union-attr]
-    if hp.written_as == "stochastic":
-        seed = torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int32)
-    else:
-        seed = torch.zeros(1, device=device, dtype=torch.int32)
-    return Numbers(on_device, flags, seed, values)
+    host_seed = torch.tensor([hp.rounding_seed or 0], dtype=torch.int64)
+    if device.type == "cuda":
+        host_seed = host_seed.pin_memory()
+    seed = torch.empty(1, dtype=torch.int64, device=device)
+    seed.copy_(host_seed, non_blocking=True)
+    return Numbers(on_device, flags, seed, values, host_seed)
 
 
 def compile_flags(hp: Hyperparameters) -> dict[str, dict[str, Any]]:

@@ -23,6 +23,7 @@ from .triton_lanes import (
     F_PARAM_DTYPE,
     F_PARAM_SQ,
     F_PER_SLICE,
+    F_RESIDUAL,
     F_RMS_GROUPS,
     F_ROW,
     F_SKIPS,
@@ -30,6 +31,7 @@ from .triton_lanes import (
     F_STAT_A,
     F_STAT_B,
     F_STEP,
+    F_STREAM,
     F_SUM_SQ_U,
     F_TOTAL,
     F_UPDATE_RMS,
@@ -56,11 +58,14 @@ from .triton_lanes import (
     inverse_sqrt,
     lerp,
     load_f32,
+    noise_stream,
     nonfinite,
+    rounding_noise,
     schedules,
     slice_start,
     step_direction,
     store_as,
+    store_stochastic,
 )
 
 
@@ -149,7 +154,7 @@ def _apply_block(
     decay,
     beta2_t,
     bias,
-    seed,
+    per_step,
     GRAD_MOMENTUM: tl.constexpr,
     STEP_MOMENTUM: tl.constexpr,
     MAXIMIZE: tl.constexpr,
@@ -181,14 +186,18 @@ def _apply_block(
         step = as_stored(m_new, mcode)
     if MAXIMIZE:
         step = -step
-    x_at = tl.load(d + F_PARAM)
+    x_at, r_at = tl.load(d + F_PARAM), tl.load(d + F_RESIDUAL)
     x = load_f32(x_at, offs, mask, pcode)
+    if r_at != 0:  # compensated: X is the parameter and what rounding it dropped
+        x = x + load_f32(r_at, offs, mask, pcode)
     x_new = x - (step + x * decay)
-    if STOCHASTIC_ROUNDING and pcode == 1:
-        noise = (tl.randint(seed, offs.to(tl.uint32)) & 0xFFFF).to(tl.int32)
-        bits = (x_new.to(tl.int32, bitcast=True) + noise) & -65536
-        x_new = bits.to(tl.float32, bitcast=True)
-    store_as(x_at, offs, x_new, mask, pcode)
+    if r_at != 0:
+        store_as(x_at, offs, x_new, mask, pcode)
+        store_as(r_at, offs, x_new - as_stored(x_new, pcode), mask, pcode)
+    elif STOCHASTIC_ROUNDING and pcode != 0:
+        store_stochastic(x_at, offs, x_new, rounding_noise(per_step, offs), mask, pcode)
+    else:
+        store_as(x_at, offs, x_new, mask, pcode)
 
 
 @triton.jit
@@ -218,7 +227,8 @@ def apply_tiles(
     d = desc + index * NF
     if tl.load(sums + tl.load(d + F_FINITE)) != 0.0:
         beta2_t, _rho, bias = schedules(d, hp, RELATIVE, WARMUP, BETA2, CAP, GRAD_MOMENTUM)
-        seed = tl.load(seed_at) + index
+        t = tl.load(f32_pointer(tl.load(d + F_STEP))) + 1.0
+        per_step = noise_stream(tl.load(seed_at), tl.load(d + F_STREAM), t)
         scale_at = scales + tl.load(scale_offsets + index)
         row0, nrows = tl.load(tile + T_ROW0), tl.load(tile + T_ROWS)
         if tl.load(d + F_FACTORED) == 0:
@@ -239,7 +249,7 @@ def apply_tiles(
                     decay,
                     beta2_t,
                     bias,
-                    seed,
+                    per_step,
                     GRAD_MOMENTUM,
                     STEP_MOMENTUM,
                     MAXIMIZE,
@@ -288,7 +298,7 @@ def apply_tiles(
                     decay,
                     beta2_t,
                     bias,
-                    seed,
+                    per_step,
                     GRAD_MOMENTUM,
                     STEP_MOMENTUM,
                     MAXIMIZE,

@@ -52,6 +52,8 @@ F_ROW_PARTS: tl.constexpr = tl.constexpr(Field.ROW_PARTS)
 F_COL_PARTS: tl.constexpr = tl.constexpr(Field.COL_PARTS)
 F_SLICES: tl.constexpr = tl.constexpr(Field.SLICES)
 F_RMS_GROUPS: tl.constexpr = tl.constexpr(Field.RMS_GROUPS)
+F_RESIDUAL: tl.constexpr = tl.constexpr(Field.RESIDUAL)
+F_STREAM: tl.constexpr = tl.constexpr(Field.STREAM)
 T_TENSOR: tl.constexpr = tl.constexpr(Tile.TENSOR)
 T_SLICE: tl.constexpr = tl.constexpr(Tile.SLICE)
 T_ROW0: tl.constexpr = tl.constexpr(Tile.ROW0)
@@ -123,6 +125,63 @@ def store_as(addr, offs, x, mask, code):
         tl.store(addr.to(tl.pointer_type(tl.int16)) + offs, y, mask=mask)
     else:
         tl.store(addr.to(tl.pointer_type(tl.float16)) + offs, x.to(tl.float16), mask=mask)
+
+
+@triton.jit
+def mix32(x):
+    """equations.mix32 on uint32 ``x`` (its products wrap around at 2³²)."""
+    x = x ^ (x >> 16)
+    x = x * 0x21F0AAAD
+    x = x ^ (x >> 15)
+    x = x * 0x735A2D97
+    return x ^ (x >> 15)
+
+
+@triton.jit
+def noise_stream(seed, stream, t):
+    """equations.rounding_noise, the part of one tensor and step (uint32): the ``seed``, the
+    parameter's ``stream`` and the step ``t`` (float32, whole)."""
+    per_step = mix32(mix32(t.to(tl.uint32)) ^ stream.to(tl.uint32))
+    return mix32(per_step ^ seed.to(tl.uint32))
+
+
+@triton.jit
+def rounding_noise(per_step, index):
+    """equations.rounding_noise: 16 random bits (uint32) for the elements at flat positions
+    ``index`` (int64) of the parameter whose ``noise_stream`` is ``per_step``."""
+    index = index.to(tl.int64)
+    low, high = index.to(tl.uint32), (index >> 32).to(tl.uint32)  # casts truncate
+    return mix32(mix32(low ^ per_step) ^ high) & 0xFFFF
+
+
+@triton.jit
+def store_stochastic(addr, offs, x, noise, mask, code):
+    """Store float32 ``x`` as 16-bit dtype ``code`` rounded up or down at random
+    (equations.stochastic_round), with 16 random bits ``noise`` per element: added below the
+    bits that bfloat16 keeps; for float16 their top 13 below its 10 mantissa bits, and below
+    its normal range a random rounding of ``|x|·2²⁴`` to a whole number, never an overflow
+    that rounding to nearest would not make."""
+    bits = x.to(tl.uint32, bitcast=True)
+    if code == 1:
+        y = ((bits + noise) >> 16).to(tl.int32, bitcast=True).to(tl.int16)
+        tl.store(addr.to(tl.pointer_type(tl.int16)) + offs, y, mask=mask)
+    else:
+        small = tl.abs(x) < 6.103515625e-05  # 2⁻¹⁴
+        # scaled by powers of two: exact, and no division (see div); below 2¹⁰ + 1 and not
+        # negative, so that the cast's truncation is the floor (tl.floor flushes subnormals)
+        scaled = tl.where(small, tl.abs(x), 0.0) * 16777216.0
+        whole = (scaled + noise.to(tl.float32) * (1.0 / 65536.0)).to(tl.int32).to(tl.float32)
+        sign = (bits >> 31) << 31
+        tiny = (whole * 5.9604644775390625e-08).to(tl.uint32, bitcast=True) | sign
+        normal = ((bits + (noise >> 3)) >> 13) << 13
+        out = tl.where(small, tiny, normal).to(tl.float32, bitcast=True)
+        h = out.to(tl.float16)
+        nearest = x.to(tl.float16)
+        wide = h.to(tl.float32)
+        infinite = (nonfinite(wide) != 0.0) & (wide == wide)
+        overflow = infinite & (nonfinite(nearest.to(tl.float32)) == 0.0)
+        h = tl.where(overflow, nearest, h)
+        tl.store(addr.to(tl.pointer_type(tl.float16)) + offs, h, mask=mask)
 
 
 @triton.jit
