@@ -1,7 +1,7 @@
-"""``adafactor bench --training``: a quick run (tiny GPT-2, the ordinary mode and the mode in
-backward, each in its own subprocess) writes its files and rows, and in backward its peak is
-below the ordinary mode's, since gradients dominate there; the targets are judged as their
-definitions say, on rows made by hand. No assertion on times."""
+"""``adafactor bench --training``: a quick run (tiny GPT-2, the ordinary mode, the mode in
+backward and both in turn, each in its own subprocess) writes its files and rows, and in
+backward its peak is below the ordinary mode's, since gradients dominate there; the targets are
+judged as their definitions say, on rows made by hand. No assertion on times."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from adafactor import Adafactor, bench
 from adafactor.bench.training import CANDIDATES, make_optimizer
 from adafactor.bench.training_report import markdown_table, summarize, targets, targets_table
 
-QUICK = ["ours", "ours-in-backward"]  # each case costs a process that imports transformers
+QUICK = ["ours", "ours-in-backward", "ours-alternating"]  # a process each, importing transformers
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,10 @@ def test_quick_run_measures_both_modes_and_in_backward_peaks_lower(quick_run):
     _, report = quick_run
     rows = {r["candidate"]: r for r in report["results"]}
     assert set(rows) == set(QUICK)
+    in_turn = rows.pop("ours-alternating")
+    assert in_turn["status"] == "ok" and in_turn["peak_bytes"] is None  # it times, no more
+    assert len(in_turn["step_ms"]) == len(in_turn["in_backward_ms"]) == 2
+    assert in_turn["pair_ratio"] > 0
     for row in rows.values():
         assert row["status"] == "ok", row
         assert len(row["step_ms"]) == 2 and row["median_ms"] > 0
@@ -56,6 +60,7 @@ def test_quick_run_measures_both_modes_and_in_backward_peaks_lower(quick_run):
     judged = {t["target"]: t for t in report["targets"]}
     assert set(judged) == {"a", "c"}  # (b) needs AdamW's row
     assert judged["a"]["saved"] == ordinary["peak_bytes"] - in_backward["peak_bytes"]
+    assert judged["c"]["value"] == judged["c"]["in_turn"] == in_turn["pair_ratio"]
 
 
 def test_every_candidate_builds_its_optimizer():
@@ -64,6 +69,7 @@ def test_every_candidate_builds_its_optimizer():
     assert isinstance(built["adamw-fused"], torch.optim.AdamW)
     assert isinstance(built["torch"], torch.optim.Adafactor)
     assert not built["ours"].step_in_backward and built["ours-in-backward"].step_in_backward
+    assert not built["ours-alternating"].step_in_backward  # it toggles it between steps
     assert isinstance(built["ours"], Adafactor)
     with pytest.raises(ValueError, match="unknown candidate"):
         make_optimizer("sgd", params)
@@ -110,6 +116,10 @@ def test_targets_are_judged_as_defined(in_backward_peak, in_backward_ms, met):
     assert rows[2]["x_ordinary_time"] == pytest.approx(in_backward_ms / 100)
     # In backward the model holds the parameters, the largest gradient and the state.
     assert rows[2]["held_bytes"] == (100 + 30 + 1) * 2**20
+    # Steps taken in turn in one process decide (c) where they ran.
+    in_turn = {**_row("ours-alternating", 100.0, 0.0), "pair_ratio": 1.01, "peak_bytes": None}
+    judged_in_turn = {t["target"]: t for t in targets(summarize([*rows, in_turn]))}
+    assert judged_in_turn["c"]["met"] and judged_in_turn["c"]["separate"] == in_backward_ms / 100
     verdict = "met" if met["a"] else "missed"
     assert f"| {verdict} |" in targets_table(list(judged.values()))
     assert "| m | fp32 | adafactor, step_in_backward |" in markdown_table(rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from .training import CANDIDATES, DEFAULT_MODELS, MODELS, QUICK_MODELS, run_trai
 from .training_report import (
     CaseKey,
     aggregate,
+    in_turn_table,
     markdown_table,
     models_table,
     summarize,
@@ -158,9 +160,11 @@ def run_cases(plan: TrainingPlan) -> dict[CaseKey, list[dict[str, Any]]]:
 def _progress(repeat: int, repeats: int, case: CaseKey, result: dict[str, Any]) -> None:
     model, dtype, key = case
     if result["status"] == "ok":
-        ms = sorted(result["step_ms"])[len(result["step_ms"]) // 2]
-        peak = result["peak_bytes"]
+        ms = statistics.median(result["step_ms"])
+        peak, in_backward = result["peak_bytes"], result["in_backward_ms"]
         summary = f"{ms:10.1f} ms" + (f"  peak {peak / 2**20:9.1f} MiB" if peak else "")
+        if in_backward:
+            summary += f"  in backward {statistics.median(in_backward):10.1f} ms"
     else:
         summary = f"{result['status']}: {result['error']}"
     label = CANDIDATES[key]
@@ -200,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": rows,
         "targets": judged,
     }
-    tables = "\n\n".join((models_table(rows), markdown_table(rows), targets_table(judged)))
+    tables = "\n\n".join(
+        (models_table(rows), markdown_table(rows), in_turn_table(rows), targets_table(judged))
+    )
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "table.md").write_text(tables + "\n")
     training_chart(rows, out / "chart.png", where)
