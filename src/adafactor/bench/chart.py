@@ -103,7 +103,12 @@ def training_chart(rows: list[dict[str, Any]], path: Path, where: str = "CPU") -
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(max(4, 3.2 * len(groups)), 4.8))
     axes = list(axes) if len(groups) > 1 else [axes]
     colours = plt.get_cmap("tab10")
-    parts = ("parameters", "gradients alive at once", "optimizer state", "rest of the peak")
+    parts = (
+        "parameters",
+        "gradients alive at once",
+        "optimizer state",
+        "rest of the peak (autograd's buffers, activations)",
+    )
     for ax, (model, dtype) in zip(axes, groups):
         keys = [k for k in TRAINING_CHART if (model, dtype, k) in by]
         for x, key in enumerate(keys):
