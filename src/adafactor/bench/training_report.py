@@ -37,6 +37,7 @@ def aggregate(case: CaseKey, runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {**row, "status": first["status"], "error": first.get("error", "")}
     measured = next((r for r in runs if r["peak_bytes"] is not None), runs[0])
     times = [t for r in runs for t in r["step_ms"]]
+    rss = [r["peak_rss_above_built_bytes"] for r in runs if r["peak_rss_above_built_bytes"]]
     in_turn = [
         (o, b)
         for r in runs
@@ -54,7 +55,7 @@ def aggregate(case: CaseKey, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "first_step_s": runs[0]["first_step_s"],
         **{f: runs[0][f] for f in fields},
         "peak_bytes": measured["peak_bytes"],
-        "peak_rss_above_built_bytes": max((r["peak_rss_above_built_bytes"] or 0) for r in runs),
+        "peak_rss_above_built_bytes": max(rss) if rss else None,  # None on CUDA
         "breakdown": measured["breakdown"],
         "loss": [r["loss"] for r in runs],
         "threads": runs[0]["threads"],
