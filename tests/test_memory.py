@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from adafactor import Adafactor, adam_state_bytes, optimizer_state_bytes, state_bytes
+from adafactor.memory import training_memory
 
 
 def test_prediction_matches_the_state_actually_kept():
@@ -60,3 +61,50 @@ def test_eager_step_temporaries_are_bounded_by_chunks_not_by_the_parameter(dtype
     peak = profiled_peak(opt.step)
     chunk_bytes, largest = CHUNK_NUMEL * 4, 4096 * 2048 * 4
     assert peak <= 5 * chunk_bytes < largest
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("in_backward", [False, True])
+def test_predicted_gradient_term_is_the_most_gradient_bytes_a_real_run_holds(in_backward, dtype):
+    # No tied weights: each gradient is complete when its parameter's hook runs. A counting
+    # hook registered before the optimizer's runs first (hooks run in the order registered),
+    # so it sees every gradient still held, the one about to be stepped included.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 256), torch.nn.Linear(256, 8)
+    ).to(dtype)
+    params = list(model.parameters())
+    held: list[int] = []
+
+    def count(_: torch.Tensor) -> None:
+        grads = [q.grad for q in params if q.grad is not None]
+        held.append(sum(g.numel() * g.element_size() for g in grads))
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(count)
+    opt = Adafactor(params, step_in_backward=in_backward)
+    x = torch.randn(4, 16, dtype=dtype)
+    for _ in range(2):
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    predicted = {row.mode: row for row in training_memory(params)}
+    row = predicted["Adafactor, step_in_backward=True" if in_backward else "Adafactor"]
+    assert max(held) == row.gradients
+    assert row.parameters == sum(p.numel() * p.element_size() for p in params)
+    assert row.state == optimizer_state_bytes(opt)
+    adamw = torch.optim.AdamW(params)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    adamw.step()
+    assert predicted["AdamW"].state == optimizer_state_bytes(adamw)
+    assert predicted["AdamW"].gradients == predicted["Adafactor"].gradients == row.parameters
+
+
+def test_training_memory_of_meta_tensors_in_backward_holds_the_largest_gradient():
+    params = [torch.empty(50257, 768, device="meta"), torch.empty(768, 3072, device="meta")]
+    adamw, adafactor, in_backward = training_memory(params)
+    assert adamw.gradients == adafactor.gradients == (50257 + 3072) * 768 * 4
+    assert in_backward.gradients == 50257 * 768 * 4
+    assert adamw.state == adam_state_bytes(params) and adafactor.state == in_backward.state
+    assert in_backward.total == adafactor.total - 3072 * 768 * 4

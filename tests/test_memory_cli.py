@@ -84,3 +84,22 @@ def test_memory_help_lists_the_model_forms(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "T5Config" in out and "module:callable" in out
+
+
+def test_whole_training_memory_per_mode_says_activations_are_excluded(capsys):
+    assert main(["memory", "--model", "gpt2-small"]) == 0
+    out = capsys.readouterr().out
+    assert "Whole training (float32 parameters)" in out and "Not counted: activations" in out
+    # 124,439,808 float32 parameters; the largest gradient is the 50257×768 embedding's.
+    assert "| AdamW | 474.70 MiB | 474.70 MiB (all) | 949.40 MiB | 1,898.80 MiB | 100.00% |" in out
+    assert "| Adafactor | 474.70 MiB | 474.70 MiB (all) | 1.23 MiB |" in out
+    assert "| Adafactor, step_in_backward=True | 474.70 MiB | 147.24 MiB (the largest) |" in out
+
+
+def test_dtype_halves_parameters_gradients_and_adamw_state_not_adafactor_statistics(capsys):
+    assert main(["memory", "--model", "gpt2-small", "--dtype", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "Whole training (bfloat16 parameters)" in out
+    assert "| AdamW | 237.35 MiB | 237.35 MiB (all) | 474.70 MiB |" in out
+    in_backward = "| Adafactor, step_in_backward=True | 237.35 MiB | 73.62 MiB (the largest) |"
+    assert in_backward + " 1.23 MiB |" in out

@@ -170,9 +170,7 @@ def test_nearest_writes_the_nearest_value_of_the_float32_step_on_every_path(step
 
 
 @pytest.mark.parametrize("dtype", SIXTEEN)
-def test_stochastic_is_the_default_for_16_bit_parameters_and_moves_small_updates(
-    step_path, dtype
-):
+def test_stochastic_is_the_default_for_16_bit_parameters_and_moves_small_updates(step_path, dtype):
     # Steps of 1e-5 on weights near 1: below half a step of either dtype. Where bfloat16's
     # values are 2⁻⁸ apart, ~2.6e-3 of the elements move per step: 200,000 of them make the
     # mean's relative spread ~1.4% (torch's seed, the rounding seed, varies with test order).

@@ -119,8 +119,13 @@ _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
 
 
+MEMORY_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 def _memory(args: argparse.Namespace) -> int:
-    from .memory import memory_table
+    import torch
+
+    from .memory import memory_table, training_table
     from .model_shapes import model_parameters
 
     try:
@@ -128,7 +133,18 @@ def _memory(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"adafactor memory: {error}", file=sys.stderr)
         return 2
+    if args.dtype:
+        dtype = getattr(torch, MEMORY_DTYPES[args.dtype])
+        params = [torch.empty(p.shape, dtype=dtype, device="meta") for p in params]
+    dtypes = ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in params}))
     print(memory_table(params))
+    print(
+        f"\nWhole training ({dtypes} parameters): parameters, gradients and optimizer state. "
+        "Not counted: activations (they grow with the batch, and are the same in every mode) "
+        "and autograd's buffers (a tied weight holds its earlier gradient contributions until "
+        "the last one arrives, in every mode).\n"
+    )
+    print(training_table(params))
     return 0
 
 
@@ -263,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     memory = commands.add_parser(
         "memory",
         help="optimizer-state memory of Adafactor (momentum off/on, bf16 momentum) vs "
-        "Adam/AdamW for a model's shapes, built on the meta device (nothing is downloaded)",
+        "Adam/AdamW for a model's shapes, and whole-training memory (parameters, gradients, "
+        "state; activations excluded) of AdamW, Adafactor and Adafactor with step_in_backward, "
+        "built on the meta device (nothing is downloaded)",
     )
     memory.add_argument(
         "--model",
@@ -272,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"one of {', '.join(sorted(MODELS))}; a transformers config class with its "
         "defaults (T5Config, GPT2Config, LlamaConfig, ...); or module:callable returning an "
         "nn.Module or tensors (default: t5-small)",
+    )
+    memory.add_argument(
+        "--dtype",
+        choices=list(MEMORY_DTYPES),
+        help="the parameters' dtype, and so their gradients' and AdamW's m and v (Adafactor's "
+        "statistics are float32 whatever it is); default: the model's own (float32 for the "
+        "named models and config classes)",
     )
     memory.set_defaults(func=_memory)
 

@@ -1,4 +1,5 @@
-"""How many bytes of optimizer state Adafactor keeps, next to what Adam would keep."""
+"""How many bytes of optimizer state Adafactor keeps, next to what Adam would keep; and what a
+whole training step holds (parameters, gradients, state) in each mode, predicted from shapes."""
 
 from __future__ import annotations
 
@@ -106,6 +107,65 @@ def memory_table(params: Iterable[Tensor]) -> str:
     lines += [f"| {name} | {_mib(b)} | {b / adam:.2%} |" for name, b in rows]
     lines += ["", "Saved against Adam / AdamW:"]
     lines += [f"  {name}: {_mib(adam - b)}" for name, b in rows[1:]]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """What one mode of training holds besides activations: the parameters, the most gradient
+    bytes alive at once, and the optimizer state."""
+
+    mode: str
+    parameters: int
+    gradients: int
+    state: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.state
+
+
+def gradient_bytes(params: Iterable[Tensor]) -> tuple[int, int]:
+    """Bytes of all the gradients of ``params`` (each in its parameter's dtype), and of the
+    largest one."""
+    sizes = [p.numel() * p.element_size() for p in params]
+    return sum(sizes), max(sizes, default=0)
+
+
+def training_memory(params: Iterable[Tensor]) -> list[TrainingMemory]:
+    """Predict, from shapes and dtypes alone (``meta`` tensors do), what training holds in each
+    mode: AdamW and Adafactor hold every gradient when they step; Adafactor with
+    ``step_in_backward=True`` steps each parameter as soon as its gradient is complete and frees
+    that gradient, so at most one, the largest, is alive. Activations are left out (they depend
+    on the batch, and are the same in every mode), and so are autograd's buffers: a weight used
+    more than once in the forward pass (tied embeddings) holds its earlier contributions until
+    the last one arrives, in every mode (docs/step_in_backward.md measures it)."""
+    params = list(params)
+    parameters = sum(p.numel() * p.element_size() for p in params)
+    every, largest = gradient_bytes(params)
+    adafactor = state_bytes(params).adafactor
+    return [
+        TrainingMemory("AdamW", parameters, every, adam_state_bytes(params)),
+        TrainingMemory("Adafactor", parameters, every, adafactor),
+        TrainingMemory("Adafactor, step_in_backward=True", parameters, largest, adafactor),
+    ]
+
+
+def training_table(params: Iterable[Tensor]) -> str:
+    """A markdown table of ``training_memory``: each mode's parameters, gradients and state,
+    and its total against AdamW's."""
+    rows = training_memory(params)
+    adamw = rows[0].total
+    gradients = ("(all)", "(all)", "(the largest)")
+    lines = [
+        "| mode | parameters | gradients alive at once | optimizer state | total | vs AdamW |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.mode} | {_mib(r.parameters)} | {_mib(r.gradients)} {which} | {_mib(r.state)} "
+        f"| {_mib(r.total)} | {r.total / adamw if adamw else 0:.2%} |"
+        for r, which in zip(rows, gradients)
+    ]
     return "\n".join(lines)
 
 

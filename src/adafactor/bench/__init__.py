@@ -23,6 +23,12 @@ The modules, one idea each:
   medians and ratios;
 * ``report``, ``chart``, ``machine``: the markdown tables, the PNG, the machine's description;
 * ``cli``: the options and ``main``.
+
+``--training`` benchmarks whole training steps instead (forward, backward, ``step()``,
+``zero_grad()``) of real models built from configs, this Adafactor with and without
+``step_in_backward`` next to AdamW and torch's Adafactor: ``training`` (the models, the
+subprocess's measurements), ``training_report`` (rows, the targets, tables) and
+``training_cli`` (the options, the round-robin, the files; its chart is in ``chart``).
 """
 
 from .cli import main

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
@@ -110,11 +110,12 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def child_main(spec_json: str) -> int:
-    """Run one case and print its result as one marked JSON line, whatever happens."""
+def child_main(spec_json: str, run: Callable[[dict[str, Any]], dict[str, Any]] = run_child) -> int:
+    """Run one case (``run(spec)``) and print its result as one marked JSON line, whatever
+    happens."""
     spec = json.loads(spec_json)
     try:
-        result = {"status": "ok", **run_child(spec)}
+        result = {"status": "ok", **run(spec)}
     except ImportError as error:
         result = {"status": "not installed", "error": f"{type(error).__name__}: {error}"}
     except Exception as error:
@@ -127,9 +128,12 @@ def child_main(spec_json: str) -> int:
     return 0
 
 
-def spawn(spec: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    """Run one case in a fresh ``python -m adafactor.bench --child`` and return its result."""
-    command = [sys.executable, "-m", "adafactor.bench", "--child", json.dumps(spec)]
+def spawn(
+    spec: dict[str, Any], env: dict[str, str], timeout: float, bench: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Run one case in a fresh ``python -m adafactor.bench [bench] --child`` and return its
+    result (``bench``: the flag of another benchmark than the step's, e.g. ``--training``)."""
+    command = [sys.executable, "-m", "adafactor.bench", *bench, "--child", json.dumps(spec)]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, env=env, timeout=timeout, check=False

@@ -16,12 +16,13 @@ import torch
 from .candidates import CANDIDATES, DEVICES, candidates_for
 from .chart import chart
 from .child import child_main
-from .machine import machine_info
+from .machine import check_device, machine_info
 from .report import floors_table, markdown_table
 from .runner import Plan, run_cases
 from .sets import DEFAULT_SETS, DTYPES, NAMED_SETS, QUICK_SETS, set_info
 from .summary import rows_from_runs
 from .timing import copy_bandwidth
+from .training_cli import main as training_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark this Adafactor against torch, transformers, timm, "
         "pytorch_optimizer (and, on CUDA, adafactor8bit) Adafactors and AdamW: step time, "
         "state, peak transient memory, bandwidth floor, on the CPU or a CUDA GPU. Each case "
-        "runs in its own subprocess, round-robin.",
+        "runs in its own subprocess, round-robin. With --training: whole training steps "
+        "instead (adafactor bench --training --help).",
     )
     parser.add_argument(
         "--sets",
@@ -101,15 +103,6 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     )
 
 
-def check_device(device: str) -> None:
-    """Raise ``ValueError`` if ``device`` cannot run here (CUDA is looked at only for cuda)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
-        raise ValueError(
-            f"--device cuda: no CUDA device is available (torch {torch.__version__}, {build})"
-        )
-
-
 def write_outputs(out: Path, report: dict[str, Any], where: str) -> tuple[str, str]:
     """Write results.json, table.md and chart.png under ``out``; return the two tables."""
     rows, sets = report["results"], report["sets"]
@@ -123,7 +116,12 @@ def write_outputs(out: Path, report: dict[str, Any], where: str) -> tuple[str, s
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table; write results.json, table.md and chart.png under
-    ``--out``."""
+    ``--out``. With ``--training`` anywhere in ``argv``, the training benchmark instead
+    (``training_cli``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--training" in argv:
+        argv.remove("--training")
+        return training_main(argv)
     args = build_parser().parse_args(argv)
     if args.child:
         return child_main(args.child)
@@ -150,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rows = rows_from_runs(run_cases(plan), sets, bandwidth)
     load_end = os.getloadavg()
-    command = "python -m adafactor.bench " + " ".join(sys.argv[1:] if argv is None else list(argv))
+    command = "python -m adafactor.bench " + " ".join(argv)
     report = {
         "command": command.strip(),
         "machine": machine,

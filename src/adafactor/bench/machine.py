@@ -35,6 +35,15 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` if ``device`` cannot run here (CUDA is looked at only for cuda)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+        raise ValueError(
+            f"--device cuda: no CUDA device is available (torch {torch.__version__}, {build})"
+        )
+
+
 def _lscpu() -> dict[str, str]:
     """The CPU's model, L3 cache and hypervisor, where ``lscpu`` tells them."""
     try:

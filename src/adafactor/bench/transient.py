@@ -14,6 +14,8 @@ existed when it started.
 
 from __future__ import annotations
 
+import gc
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -52,13 +54,33 @@ def cuda_peak(step: Callable[[], object]) -> int:
 def rss_peak_delta(step: Callable[[], object]) -> int | None:
     """Peak RSS during ``step()`` minus the RSS before it; ``None`` where the peak cannot be
     reset (no ``/proc/self/clear_refs``)."""
-    before = _rss_bytes("VmRSS")
+    before = rss_bytes("VmRSS")
     reset = _reset_peak_rss()
     step()
-    return _rss_bytes("VmHWM") - before if reset else None
+    return rss_bytes("VmHWM") - before if reset else None
 
 
-def _rss_bytes(field: str) -> int:
+def live_tensor_bytes(device_type: str) -> int:
+    """Bytes of the distinct storages of every tensor on ``device_type`` that Python objects
+    reach (the garbage collector's view: parameters, optimizer state, inputs, caches). Tensors
+    held only by C++, such as an autograd graph's saved tensors, are not seen: call it between
+    steps, when there are none."""
+    storages: dict[int, int] = {}
+    with warnings.catch_warnings():  # isinstance() on some objects warns (lazy modules)
+        warnings.simplefilter("ignore")
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
+        if obj.device.type == device_type and obj.layout == torch.strided:
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = max(
+                storages.get(storage.data_ptr(), 0), storage.nbytes()
+            )
+    return sum(storages.values())
+
+
+def rss_bytes(field: str = "VmRSS") -> int:
+    """This process's ``field`` of /proc/self/status in bytes (VmRSS now, VmHWM its peak); -1
+    where there is none."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
