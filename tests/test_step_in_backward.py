@@ -160,6 +160,30 @@ def test_gradients_are_freed_and_never_more_than_one_is_alive_at_a_time():
     assert len(peaks) == 3 * len(params) and max(peaks) <= largest
 
 
+@pytest.mark.parametrize("in_backward", [False, True])
+def test_no_gradient_outlives_its_step(step_path, in_backward):
+    # The gradients themselves, not what .grad shows: once a parameter has stepped (in its
+    # hook, or in step() and zero_grad()), nothing of the optimizer's (entries, plans, their
+    # closures) may keep its gradient alive, or the mode frees nothing.
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8))
+    params = list(model.parameters())
+    grads: list[weakref.ref] = []
+    for p in params:  # runs before the optimizer's hook
+        p.register_post_accumulate_grad_hook(lambda q: grads.append(weakref.ref(q.grad)))
+    opt = Adafactor(model.parameters(), step_in_backward=in_backward)
+    for _ in range(2):
+        model(torch.randn(16, 32)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        gc.collect()
+        assert len(grads) == len(params) and all(g() is None for g in grads)
+        grads.clear()
+
+
 def test_a_tied_weight_is_stepped_once_after_both_of_its_contributions():
     net = Net()
     hits = []

@@ -120,17 +120,21 @@ def group_step(
     together = [e for e, c in zip(entries, chosen) if c]
     alone = [tensor_step(e) for e, c in zip(entries, chosen) if not c]
     run = plan = None
+
+    def members() -> list[kernel_group.Member]:
+        return kernel_group.step_members([tensor_step(e) for e in together])
+
     if fast is not None and together:
         plan = fast.cache.plan_for(
             signature,
-            lambda: kernel_group.step_members([tensor_step(e) for e in together]),
+            members,
             [e.grad for e in together],
             together[0].param.device,
             fast.backend.GEOMETRY,
         )
     if complete is None:
         if fast is not None and plan is not None:
-            run = kernel_group.kernel_step(fast.backend, fast.cache, plan, fast.hp)
+            run = kernel_group.kernel_step(fast.backend, fast.cache, plan, fast.hp, members)
         eager = [whole_step(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in alone]
     else:
         if fast is not None and plan is not None:

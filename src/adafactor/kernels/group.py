@@ -109,7 +109,6 @@ class PlanCache:
         self.plan: Plan | None = None
         self.grads: list[int] = []
         self.held: list[Any] = []
-        self.members: Callable[[], Sequence[Member]] | None = None  # this step's, for eager
 
     def plan_for(
         self,
@@ -123,7 +122,6 @@ class PlanCache:
         ``signature`` (storages, shapes, dtypes) changed; the gradients' pointers (new tensors
         every step after ``zero_grad()``) are refreshed."""
         pointers = [g.data_ptr() for g in grads]
-        self.members = members  # should the kernels fail to launch, the step runs eagerly
         geometry = self.geometry or geometry
         signature = (*signature, geometry)
         if self.plan is None or signature != self.signature:
@@ -186,17 +184,23 @@ class EagerRun:
 
 
 def kernel_sums(
-    backend: Backend, cache: PlanCache, plan: Plan, hp: Hyperparameters, steps: Sequence[Any] = ()
+    backend: Backend,
+    cache: PlanCache,
+    plan: Plan,
+    hp: Hyperparameters,
+    steps: Sequence[Any] = (),
+    members: Callable[[], Sequence[Member]] | None = None,
 ) -> KernelRun:
     """Phase 1 for the tensors of ``plan`` (``statistics_local_sums`` are its partial sums;
-    ``steps``, the ``step.Entry``s, name them). Where the kernels cannot be launched with
-    ``hp``'s flags (found before anything is launched: ``backend.numbers``), the tensors step
-    eagerly under ``fused=None`` after one warning, and ``fused=True`` raises."""
+    ``steps``, the ``step.Entry``s, name them; else ``members()`` are stepped whole). Where
+    the kernels cannot be launched with ``hp``'s flags (found before anything is launched:
+    ``backend.numbers``), the tensors step eagerly under ``fused=None`` after one warning,
+    and ``fused=True`` raises."""
     try:
         numbers = backend.numbers(hp, plan.descriptors.device)
     except KernelBuildError as error:
         refuse(hp.fused, backend.DEVICE_TYPE, error)
-        return _eager_sums(backend, cache, plan, hp, steps)
+        return _eager_sums(backend, plan, hp, steps, members)
     buffers = backend.make_buffers(plan)
     cache.hold(numbers)
     run = KernelRun(backend, plan, buffers, numbers, steps)
@@ -204,9 +208,17 @@ def kernel_sums(
     return run
 
 
-def kernel_step(backend: Backend, cache: PlanCache, plan: Plan, hp: Hyperparameters) -> KernelRun:
-    """The three phases back to back, for tensors held whole."""
-    run = kernel_sums(backend, cache, plan, hp)
+def kernel_step(
+    backend: Backend,
+    cache: PlanCache,
+    plan: Plan,
+    hp: Hyperparameters,
+    members: Callable[[], Sequence[Member]],
+) -> KernelRun:
+    """The three phases back to back, for tensors held whole: ``members()``, the plan's
+    (made only should the kernels fail to launch and the tensors step eagerly; not kept, so
+    that no gradient outlives its step)."""
+    run = kernel_sums(backend, cache, plan, hp, members=members)
     kernel_update_sums(run)
     kernel_apply(run)
     return run
@@ -281,7 +293,11 @@ def _local_sums(run: KernelRun, names: Sequence[str]) -> list[LocalSum]:
 
 
 def _eager_sums(
-    backend: Backend, cache: PlanCache, plan: Plan, hp: Hyperparameters, entries: Sequence[Any]
+    backend: Backend,
+    plan: Plan,
+    hp: Hyperparameters,
+    entries: Sequence[Any],
+    members: Callable[[], Sequence[Member]] | None,
 ) -> KernelRun:
     """Phase 1 of the eager step for the tensors of ``plan``: all three phases at once for
     tensors held whole (where ``kernel_update_sums`` and ``kernel_apply`` then do nothing),
@@ -291,10 +307,10 @@ def _eager_sums(
         sums = [statistics_sums(t.param, t.grad, t.state, t.hp, t.size, t.dtype) for t in steps]
         eager = EagerRun(steps, sums, entries)
     else:
-        assert cache.members is not None  # set by plan_for, which made this plan
+        assert members is not None  # kernel_step's, for tensors held whole
         tensor_hp = hp.as_tensors(plan.descriptors.device, torch.float32)
         results = []
-        for m in cache.members():
+        for m in members():
             size = Size(
                 m.whole_numel, m.whole_n, m.whole_m, m.per_slice, max(m.whole_numel, 1) ** -0.5
             )
