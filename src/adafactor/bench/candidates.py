@@ -68,8 +68,10 @@ def make_optimizer(key: str, params: list[torch.nn.Parameter]) -> torch.optim.Op
     """The candidate's optimizer over ``params``, with its defaults and momentum off."""
     if key in ("ours-eager", "ours-fused", "ours-graph"):
         return Adafactor(params, fused=key != "ours-eager")
-    if key in ("ours-nearest", "ours-compensated"):
-        return Adafactor(params, fused=True, rounding=key.removeprefix("ours-"))
+    if key == "ours-nearest":
+        return Adafactor(params, fused=True, rounding="nearest")
+    if key == "ours-compensated":
+        return Adafactor(params, fused=True, rounding="compensated")
     if key == "torch":
         return torch.optim.Adafactor(params)
     if key == "torch-foreach":
