@@ -198,7 +198,9 @@ def test_launches_are_the_same_for_3_and_300_tensors(monkeypatch):
         before = sum(launches.values())
         opt.step()
         counts.append(sum(launches.values()) - before)
-    assert counts == [8, 8]
+    # Five job kernels and three tile kernels, each of these once per way of reading its
+    # tensors (Access): vectors for (6, 4), one element at a time for (5,).
+    assert counts == [11, 11]
 
 
 @pytest.mark.skipif(not triton_interpreted(), reason="needs triton's interpreter")
