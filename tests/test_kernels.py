@@ -232,7 +232,9 @@ def test_nothing_is_re_jitted_across_steps_schedules_or_a_changed_lr(monkeypatch
         schedule.step()
         opt.param_groups[0]["weight_decay"] *= 0.5
         variants.append(set(seen))
-    assert len(variants[0]) == 8 and variants[0] == variants[1] == variants[2]
+    # Eight kernels, the three tile kernels also compiled to read vectors by the warm-up's
+    # (4,) tensor (these tensors are read one element at a time).
+    assert len(variants[0]) == 11 and variants[0] == variants[1] == variants[2]
 
 
 @pytest.mark.parametrize("path", KERNEL_PATHS)

@@ -46,12 +46,12 @@ from .triton_sums import (
 DEVICE_TYPE = "cuda"
 SMS = 132
 """Streaming multiprocessors of an H100/H200 SXM, which the tiles are sized for."""
-GEOMETRY = Geometry(rows=256, cols=128, min_rows=64, target_tiles=2 * SMS, scalar_rows=128)
+GEOMETRY = Geometry(rows=256, cols=128, min_rows=64, target_tiles=2 * SMS, scalar_rows=64)
 """Tiles of up to 256 rows of 128 columns: a tile kernel takes 8 rows × 128 columns at once
-(4 rows of a tensor not read 4 elements at a time, whose tiles have at most 128 rows), so no
-program reads more than 32 blocks in a row; fewer rows (down to 64) for a tensor that would
-otherwise be fewer than two tiles per SM. The partial sums of a tall matrix's columns are then
-one per 256 rows: a line job adds 16 of them at once (``KB``)."""
+(4 rows, 2 in the update, of a tensor not read 4 elements at a time, whose tiles have at most
+64 rows), so no program reads more than 32 blocks in a row; fewer rows (down to 64) for a
+tensor that would otherwise be fewer than two tiles per SM. The partial sums of a tall
+matrix's columns are then one per 256 rows: a line job adds 16 of them at once (``KB``)."""
 
 LAUNCHES: collections.Counter[str] = collections.Counter()
 """Kernel launches made, by kernel name (read by the tests)."""
@@ -457,7 +457,7 @@ def longest_chains(plan: Plan) -> dict[str, int]:
     model of the kernels' loops, kept beside them; each iteration's loads are independent
     of one another and issued together)."""
     from .plan import JOB_LANES, WIDE, Field, Job, JobKind, Tile
-    from .triton_lanes import BLOCK_C, KB, ROWS, SCALAR_ROWS
+    from .triton_lanes import APPLY_SCALAR_ROWS, BLOCK_C, KB, ROWS, SCALAR_ROWS
 
     def up(a: Tensor, b: int | Tensor) -> Tensor:
         return -(-a // b)
@@ -467,10 +467,14 @@ def longest_chains(plan: Plan) -> dict[str, int]:
     jobs = plan.jobs.cpu()
     access = torch.tensor([int(a) for a in plan.tensors_access] or [0])
     tensor = tiles[:, Tile.TENSOR]
-    rows = torch.where(access[tensor] == Access.VECTOR, ROWS.value, SCALAR_ROWS.value)
+    vector = access[tensor] == Access.VECTOR
     factored = d[tensor, Field.FACTORED] == 1
-    # A factored tile's rows, R at a time; a flat tile's elements, R·BLOCK_C at a time.
-    tile_loop = up(tiles[:, Tile.ROWS], torch.where(factored, rows, rows * BLOCK_C.value))
+
+    def tile_loop(scalar_rows: int) -> Tensor:
+        # A factored tile's rows, R at a time; a flat tile's elements, R·BLOCK_C at a time.
+        rows = torch.where(vector, ROWS.value, scalar_rows)
+        return up(tiles[:, Tile.ROWS], torch.where(factored, rows, rows * BLOCK_C.value))
+
     bound = torch.where(factored, up(d[tensor, Field.JOBS], JOB_LANES), 0)
     owner = jobs[:, Job.TENSOR]
     kind = jobs[:, Job.KIND]
@@ -492,17 +496,17 @@ def longest_chains(plan: Plan) -> dict[str, int]:
         return int(x.max()) if x.numel() else 0
 
     return {
-        "sums_tiles": most(tile_loop),
+        "sums_tiles": most(tile_loop(SCALAR_ROWS.value)),
         "sums_jobs": most(
             torch.where(is_tensor, all_tiles, torch.where(is_slices, slices, zero))
             + torch.where(is_line, lines, zero)
         ),
         "statistics": 1 if jobs.shape[0] else 0,
-        "update_sums_tiles": most(tile_loop + bound),
+        "update_sums_tiles": most(tile_loop(SCALAR_ROWS.value) + bound),
         "update_sums_jobs": most(
             torch.where(is_tensor, all_tiles + own_jobs, torch.where(is_slices, slices, zero))
         ),
         "apply_scalars": most(torch.where(is_tensor, 1 + groups, torch.ones_like(kind))),
-        "apply_tiles": most(tile_loop),
+        "apply_tiles": most(tile_loop(APPLY_SCALAR_ROWS.value)),
         "commit": 1 if jobs.shape[0] else 0,
     }

@@ -10,6 +10,7 @@ import triton.language as tl
 
 from .triton_lanes import (
     A_VECTOR,
+    APPLY_SCALAR_ROWS,
     BLOCK_C,
     F_ALPHA,
     F_COL,
@@ -57,7 +58,6 @@ from .triton_lanes import (
     NJ,
     NT,
     ROWS,
-    SCALAR_ROWS,
     T_COL0,
     T_COLS,
     T_ROW0,
@@ -250,9 +250,9 @@ def _apply_flat(
     ACCESS: tl.constexpr,
 ):
     """The update of elements ``row0 .. row0 + nrows`` of a flat tensor (a full V̂)."""
-    R: tl.constexpr = ROWS if ACCESS == A_VECTOR else SCALAR_ROWS
+    R: tl.constexpr = ROWS if ACCESS == A_VECTOR else APPLY_SCALAR_ROWS
     for e in range(row0, row0 + nrows, R * BLOCK_C):
-        offs, mask = flat_block(e, row0 + nrows, ACCESS)
+        offs, mask = flat_block(e, row0 + nrows, R, ACCESS)
         _apply_block(
             x_at, g_at, m_at, v_at, pcode, gcode, mcode, offs, mask, 1.0, step_scale, decay,
             w, eps1, w1, bias, r_at, per_step, False, GRAD_MOMENTUM, STEP_MOMENTUM, MAXIMIZE,
@@ -292,7 +292,7 @@ def _apply_factored(
     ACCESS: tl.constexpr,
 ):
     """The update of one tile of a factored slice (``cf``: its columns' C_j^−½)."""
-    R: tl.constexpr = ROWS if ACCESS == A_VECTOR else SCALAR_ROWS
+    R: tl.constexpr = ROWS if ACCESS == A_VECTOR else APPLY_SCALAR_ROWS
     cols = tl.arange(0, BLOCK_C)
     col_mask = column_mask(cols, ncols, ACCESS)
     for r in range(row0, row0 + nrows, R):

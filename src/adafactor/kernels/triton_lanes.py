@@ -25,6 +25,9 @@ per thread and tensor, one vector)."""
 SCALAR_ROWS: tl.constexpr = tl.constexpr(4)
 """Rows it takes at once otherwise (2 elements per thread and tensor: each element's own
 64-bit address is live until it is read, so as many registers as a vector of 4 would take)."""
+APPLY_SCALAR_ROWS: tl.constexpr = tl.constexpr(2)
+"""Rows the update takes at once from a tensor not read VECTOR: 1 element per thread, since
+it reads and writes up to five tensors (compensated rounding's residual among them)."""
 KB: tl.constexpr = tl.constexpr(16)
 """Tiles' partial sums a line job adds at once (``LINE`` rows or columns of each)."""
 
@@ -366,11 +369,9 @@ def column_mask(cols, ncols, ACCESS: tl.constexpr):
 
 
 @triton.jit
-def flat_block(e, end, ACCESS: tl.constexpr):
-    """Offsets and mask of the ``R × BLOCK_C`` elements (``R``: ``ROWS`` read VECTOR, else
-    ``SCALAR_ROWS``) of a flat tensor from ``e`` (before ``end``); read VECTOR (``e`` and
-    ``end`` multiples of ``VECTOR``) hinted as above."""
-    R: tl.constexpr = ROWS if ACCESS == A_VECTOR else SCALAR_ROWS
+def flat_block(e, end, R: tl.constexpr, ACCESS: tl.constexpr):
+    """Offsets and mask of the ``R × BLOCK_C`` elements of a flat tensor from ``e`` (before
+    ``end``); read VECTOR (``e`` and ``end`` multiples of ``VECTOR``) hinted as above."""
     lane = tl.arange(0, R)[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     if ACCESS == A_VECTOR:
         offs = tl.multiple_of(e + lane, [1, VECTOR])

@@ -177,7 +177,7 @@ def _flat_squares(x_at, pcode, row0, nrows, ACCESS: tl.constexpr):
     up = tl.zeros([R, BLOCK_C], dtype=tl.float32)
     down = tl.zeros([R, BLOCK_C], dtype=tl.float32)
     for e in range(row0, row0 + nrows, R * BLOCK_C):
-        offs, mask = flat_block(e, row0 + nrows, ACCESS)
+        offs, mask = flat_block(e, row0 + nrows, R, ACCESS)
         x = load_f32(x_at, offs, mask, pcode, ACCESS)
         up += (x * UP) * (x * UP)
         down += (x * DOWN) * (x * DOWN)
@@ -491,7 +491,7 @@ def _full_update_sums(
     su = tl.zeros([R, BLOCK_C], dtype=tl.float32)
     bad = tl.zeros([R, BLOCK_C], dtype=tl.float32)
     for e in range(row0, row0 + nrows, R * BLOCK_C):
-        offs, mask = flat_block(e, row0 + nrows, ACCESS)
+        offs, mask = flat_block(e, row0 + nrows, R, ACCESS)
         g = load_f32(g_at, offs, mask, gcode, ACCESS)
         direction, _ = step_direction(g, m_at, mcode, offs, mask, bias, w1, GRAD_MOMENTUM, ACCESS)
         v_old = tl.load(typed(v_at, tl.float32, ACCESS) + offs, mask=mask, other=1.0)
