@@ -336,3 +336,16 @@ def test_cuda_peak_is_counted_from_the_memory_before_the_step(monkeypatch):
     cuda = FakeCuda(monkeypatch)
     assert cuda_peak(cuda.step) == 500  # a peak of 1,500 bytes over 1,000 allocated before
     assert cuda.log == ["synchronize", "reset", "step", "synchronize"]
+
+
+def test_rounding_candidates_are_named_only_and_write_16_bit_as_named():
+    assert "ours-nearest" not in candidates.candidates_for("cpu")
+    assert "ours-compensated" not in candidates.candidates_for("cpu")
+    params = [torch.nn.Parameter(torch.zeros(4, 3, dtype=torch.bfloat16))]
+    for key, rounding in [("ours-fused", "stochastic"), ("ours-nearest", "nearest")]:
+        opt = candidates.make_optimizer(key, params)
+        assert opt.param_groups[0]["rounding"] == rounding
+    opt = candidates.make_optimizer("ours-compensated", params)
+    params[0].grad = torch.ones_like(params[0])
+    opt.step()
+    assert opt.state[params[0]]["residual"].dtype == torch.bfloat16

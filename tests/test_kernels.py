@@ -23,10 +23,8 @@ from adafactor import Adafactor
 from adafactor.kernels import cpu
 from adafactor.kernels.group import PlanCache
 from adafactor.kernels.plan import Geometry
-from adafactor.options import BY_NAME
 from adafactor.presets import ADAM
 from helpers import (
-    interpreted_triton_backend,
     packed_option_sets,
     triton_interpreted,
     use_step_path,
@@ -110,8 +108,7 @@ SIXTEEN_BITS = [("defaults", torch.float16)] + [
 )
 @pytest.mark.parametrize("path", KERNEL_PATHS)
 def test_kernels_match_the_eager_step_in_16_bits(monkeypatch, path, family, dtype):
-    options = {k: v for k, v in FAMILIES[family].items() if v not in BY_NAME[k].randomized}
-    run_both(monkeypatch, path, SHAPES, options, dtype, steps=3)
+    run_both(monkeypatch, path, SHAPES, FAMILIES[family], dtype, steps=3)
 
 
 @pytest.mark.parametrize("path", KERNEL_PATHS)
@@ -186,8 +183,14 @@ def test_the_plan_follows_new_storage(monkeypatch, path):
 
 @pytest.mark.skipif(not triton_interpreted(), reason="needs triton's interpreter")
 def test_launches_are_the_same_for_3_and_300_tensors(monkeypatch):
+    # Counted, not run: what is launched per step is decided on the host (the warm-up
+    # launches of a first step with new flags left out).
+    from adafactor.kernels import triton as kernels
+
     use_step_path(monkeypatch, "triton-kernels")
-    launches = interpreted_triton_backend().LAUNCHES
+    launched: list[str] = []
+    monkeypatch.setattr(kernels, "prepare", lambda *_: None)
+    monkeypatch.setattr(kernels, "_launch", lambda kernel, *_, **__: launched.append(kernel))
     counts = []
     for count in (3, 300):
         shapes = [(6, 4) if i % 3 else (5,) for i in range(count)]
@@ -195,9 +198,9 @@ def test_launches_are_the_same_for_3_and_300_tensors(monkeypatch):
         opt = Adafactor(params, beta1=0.9)
         for p in params:
             p.grad = torch.randn_like(p)
-        before = sum(launches.values())
+        before = len(launched)
         opt.step()
-        counts.append(sum(launches.values()) - before)
+        counts.append(len(launched) - before)
     # Five job kernels and three tile kernels, each of these once per way of reading its
     # tensors (Access): vectors for (6, 4), one element at a time for (5,).
     assert counts == [11, 11]

@@ -179,17 +179,18 @@ def test_nearest_writes_the_nearest_value_of_the_float32_step_on_every_path(step
 
 @pytest.mark.parametrize("dtype", SIXTEEN)
 def test_stochastic_is_the_default_for_16_bit_parameters_and_moves_small_updates(step_path, dtype):
-    # Steps of 1e-5 on weights near 1: below half a step of either dtype. Where bfloat16's
-    # values are 2⁻⁸ apart, ~2.6e-3 of the elements move per step: 200,000 of them make the
-    # mean's relative spread ~1.4% (torch's seed, the rounding seed, varies with test order).
+    # Steps of 1e-4 on weights near 1: below half a step of either dtype (bfloat16's values
+    # there are 2⁻⁸ apart, float16's 2⁻¹¹). ~2.6% of bfloat16's elements move per step: over
+    # 10,000 elements and 10 steps the mean's relative spread is ~2% (the rounding seed is
+    # torch's, which varies with test order).
     moved = {}
     for rounding in ("nearest", None):
-        p = torch.nn.Parameter(torch.ones(200_000, dtype=dtype))
+        p = torch.nn.Parameter(torch.ones(10_000, dtype=dtype))
         options = {} if rounding is None else {"rounding": rounding}
-        opt = Adafactor([p], lr=1e-5, relative_step=False, scale_parameter=False, **options)
+        opt = Adafactor([p], lr=1e-4, relative_step=False, scale_parameter=False, **options)
         for _ in range(10):
             p.grad = torch.ones_like(p)
             opt.step()
         moved[rounding] = (p.double() - 1.0).mean().item()
     assert moved["nearest"] == 0.0
-    assert moved[None] == pytest.approx(-1e-4, rel=0.1)
+    assert moved[None] == pytest.approx(-1e-3, rel=0.1)

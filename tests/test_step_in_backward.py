@@ -10,18 +10,15 @@ import torch
 from torch import nn
 
 from adafactor import Adafactor
-from adafactor.options import BY_NAME
 from adafactor.presets import ADAM
 from helpers import packed_option_sets
 
 
 def _families() -> dict[str, dict]:
     """The defaults, Adam's preset and every sample and edge case of the options table
-    (``helpers.packed_option_sets``), the host-only ones too: stochastic rounding left out,
-    whose random bits are drawn per step call (docs/step_in_backward.md)."""
+    (``helpers.packed_option_sets``), the host-only ones too."""
     families = {"defaults": {}, "adam": {**ADAM, "factored": True, "lr": 1e-3}}
     for i, options in enumerate(packed_option_sets()):
-        options = {k: v for k, v in options.items() if v not in BY_NAME[k].randomized}
         families[f"table-{i}"] = options
     families["diagnostics-raise"] = {"diagnostics": True, "nonfinite_grad": "raise", "beta1": 0.9}
     families["last-dims-per-slice"] = {"factor_dims": "last", "rms_per_slice": True}

@@ -68,9 +68,6 @@ class Option:
     in_reference: bool
     """Whether the float64 reference (``reference.py``) takes it: the tests compare the others
     with the eager step only."""
-    randomized: tuple[Any, ...]
-    """Its values that draw random bits (stochastic rounding): the step paths draw them
-    differently, so they agree on what the rounding guarantees, not bit for bit."""
     dtypes: tuple[torch.dtype, ...]
     """The parameter dtypes its samples act on, where not every one (16-bit rounding): the
     tests step those."""
@@ -90,7 +87,6 @@ def option(
     edge_cases: tuple[Any, ...] = (),
     host_only: str = "",
     in_reference: bool = True,
-    randomized: tuple[Any, ...] = (),
     dtypes: tuple[torch.dtype, ...] = (),
 ) -> Any:
     """A field of ``Hyperparameters`` with an ``Option``'s metadata."""
@@ -106,7 +102,6 @@ def option(
         edge_cases=edge_cases,
         host_only=host_only,
         in_reference=in_reference,
-        randomized=randomized,
         dtypes=dtypes,
     )
     return dataclasses.field(default=default, metadata=metadata)
@@ -441,7 +436,6 @@ class Hyperparameters:
         samples=(True,),
         context={"rounding": "nearest"},
         in_reference=False,
-        randomized=(True,),
         dtypes=(torch.bfloat16,),
     )
     rounding: Rounding = option(
@@ -465,7 +459,6 @@ class Hyperparameters:
         since="0.3.0",
         samples=("nearest", "compensated"),
         in_reference=False,
-        randomized=("stochastic",),
         dtypes=(torch.bfloat16, torch.float16),
     )
     rounding_seed: int | None = option(
@@ -485,7 +478,6 @@ class Hyperparameters:
         samples=(12345,),
         context={"rounding": "stochastic"},
         in_reference=False,
-        randomized=(12345,),
         dtypes=(torch.bfloat16,),
     )
     fused: bool | None = option(

@@ -23,6 +23,7 @@ class Candidate:
     package: str | None = None  # the module that must be importable
     devices: tuple[str, ...] = DEVICES
     graphed: bool = False  # the whole step captured once in a CUDA graph, then replayed
+    default: bool = True  # run when no candidates are named
 
 
 CANDIDATES: dict[str, Candidate] = {
@@ -30,6 +31,9 @@ CANDIDATES: dict[str, Candidate] = {
     for c in (
         Candidate("ours-eager", "adafactor (eager)", "ours"),
         Candidate("ours-fused", "adafactor (fused)", "ours"),
+        # 16-bit parameters written otherwise than stochastically (the default): named only
+        Candidate("ours-nearest", "adafactor (fused, rounding nearest)", "ours", default=False),
+        Candidate("ours-compensated", "adafactor (fused, compensated)", "ours", default=False),
         Candidate(
             "ours-graph", "adafactor (fused, CUDA graph)", "ours", devices=("cuda",), graphed=True
         ),
@@ -51,8 +55,8 @@ PEER_PACKAGES = tuple(c.package for c in CANDIDATES.values() if c.package)
 
 
 def candidates_for(device: str) -> list[str]:
-    """The keys of every candidate that runs on ``device``, in table order."""
-    return [key for key, c in CANDIDATES.items() if device in c.devices]
+    """The keys of every default candidate that runs on ``device``, in table order."""
+    return [key for key, c in CANDIDATES.items() if device in c.devices and c.default]
 
 
 def installed(candidate: Candidate) -> bool:
@@ -64,6 +68,10 @@ def make_optimizer(key: str, params: list[torch.nn.Parameter]) -> torch.optim.Op
     """The candidate's optimizer over ``params``, with its defaults and momentum off."""
     if key in ("ours-eager", "ours-fused", "ours-graph"):
         return Adafactor(params, fused=key != "ours-eager")
+    if key == "ours-nearest":
+        return Adafactor(params, fused=True, rounding="nearest")
+    if key == "ours-compensated":
+        return Adafactor(params, fused=True, rounding="compensated")
     if key == "torch":
         return torch.optim.Adafactor(params)
     if key == "torch-foreach":
