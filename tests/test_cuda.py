@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -319,3 +320,51 @@ def test_gpu_and_cpu_kernels_agree(stepping, device):
     c = run("cpu", "c")
     for p, q in zip(c, run(device, "triton")):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_unused_row_beside_huge_gradients_steps_as_eagerly(stepping, device):
+    # R_i/R̄ of a row that never had a gradient, beside rows of |G| ~ 1e5, is ~1e-40: a
+    # subnormal. A GPU that flushes it to 0 (sqrt.approx.ftz, div.full) makes its factor
+    # infinite and 0·inf a NaN in U: the tensor would be skipped, where the eager step (and
+    # the float64 reference) updates it.
+    def run(path):
+        gen = torch.Generator(device=device).manual_seed(6)
+        p = torch.nn.Parameter(torch.randn(256, 64, device=device, generator=gen))
+        opt = Adafactor([p], **stepping(device, path))
+        for _ in range(2):
+            g = torch.randn(256, 64, device=device, generator=gen) * 1e5
+            g[17] = 0.0
+            p.grad = g
+            opt.step()
+        return p, opt
+
+    (p, opt), (q, fopt) = run("eager"), run("triton")
+    assert int(opt.state[p]["nonfinite_skips"]) == int(fopt.state[q]["nonfinite_skips"]) == 0
+    torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+
+
+if importlib.util.find_spec("triton") is not None:
+    import triton
+    import triton.language as tl
+
+    from adafactor.kernels.triton_lanes import store_as
+
+    @triton.jit
+    def store_nans(src, dst_at, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        x = tl.load(src + offs)
+        x = tl.where(offs == 0, tl.sqrt_rn(x - 2.0), x)  # lane 0: √−1, the GPU's own NaN
+        store_as(tl.load(dst_at), offs, x, offs < BLOCK, 1, 1)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_a_nan_stored_as_bfloat16_on_the_gpu_stays_a_nan():
+    # The GPU's own NaN (0x7FFFFFFF, from √−1) and a signalling one (0x7F800001), rounded to
+    # bfloat16 as the kernels store momentum and parameters: NaN, not −0.0 or +inf.
+    bits = torch.tensor([0x3F800000, 0x7F800001, 0x7FFFFFFF, 0xFF800001], dtype=torch.int64)
+    src = bits.to(torch.int32).view(torch.float32).cuda()
+    out = torch.empty(4, dtype=torch.bfloat16, device="cuda")
+    store_nans[(1,)](src, torch.tensor([out.data_ptr()], device="cuda"), BLOCK=4)
+    assert bool(out.float().isnan().all()), out.view(torch.int16).tolist()

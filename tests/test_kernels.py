@@ -201,7 +201,9 @@ def test_launches_are_the_same_for_3_and_300_tensors(monkeypatch):
         before = len(launched)
         opt.step()
         counts.append(len(launched) - before)
-    assert counts == [8, 8]
+    # Five job kernels and three tile kernels, each of these once per way of reading its
+    # tensors (Access): vectors for (6, 4), one element at a time for (5,).
+    assert counts == [11, 11]
 
 
 @pytest.mark.skipif(not triton_interpreted(), reason="needs triton's interpreter")
@@ -222,6 +224,7 @@ def test_nothing_is_re_jitted_across_steps_schedules_or_a_changed_lr(monkeypatch
         launch(kernel, grid, *args, **constants)
 
     monkeypatch.setattr(kernels, "_launch", record)
+    monkeypatch.setattr(kernels, "_prepared", {})  # the warm-up runs here, whatever ran before
     params = [torch.nn.Parameter(torch.randn(s)) for s in [(12, 10), (7,)]]
     opt = Adafactor(params, beta1=0.9, relative_step=False, lr=1e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (t + 1))
@@ -233,7 +236,9 @@ def test_nothing_is_re_jitted_across_steps_schedules_or_a_changed_lr(monkeypatch
         schedule.step()
         opt.param_groups[0]["weight_decay"] *= 0.5
         variants.append(set(seen))
-    assert len(variants[0]) == 8 and variants[0] == variants[1] == variants[2]
+    # Eight kernels, the three tile kernels also compiled to read vectors by the warm-up's
+    # (4,) tensor (these tensors are read one element at a time).
+    assert len(variants[0]) == 11 and variants[0] == variants[1] == variants[2]
 
 
 @pytest.mark.parametrize("path", KERNEL_PATHS)

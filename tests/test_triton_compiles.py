@@ -32,11 +32,12 @@ import pytest
 from adafactor.options import BY_NAME, DEFAULTS, Hyperparameters
 from helpers import option_samples, packed_option_sets
 
-FLOAT_POINTERS = {"sums", "scratch", "tile_sums", "partials", "scales", "hp"}
-TILE = {"BLOCK_C": 512, "ROWS": 4}
-TENSOR = {"BLOCK": 256, "SPLIT": 32}
+FLOAT_POINTERS = {"sums", "scratch", "tile_sums", "job_sums", "scales", "hp"}
 TILE_KERNELS = ("sums_tiles", "update_sums_tiles", "apply_tiles")
 """The kernels that stream a group's elements (one program per tile)."""
+MAX_REGISTERS = 128
+"""Registers per thread a tile kernel may use: at most 128 lets 2 programs of 8 warps share an
+SM (16 warps to hide the latency of memory); above, and with spills, fewer."""
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
 
@@ -74,11 +75,12 @@ def _cases() -> list[tuple[Any, dict[str, Any]]]:
         for kernel in _kernels():
             names = inspect.signature(kernel.fn).parameters
             constants = {k: v for k, v in flags.items() if k in names}
-            constants.update(TILE if "BLOCK_C" in names else TENSOR)
-            key = (kernel.fn.__name__, tuple(sorted(constants.items())))
-            if key not in seen:
-                seen.add(key)
-                cases.append((kernel, constants))
+            for access in (0, 1, 2) if "ACCESS" in names else (None,):  # plan.Access
+                chosen = constants if access is None else {**constants, "ACCESS": access}
+                key = (kernel.fn.__name__, tuple(sorted(chosen.items())))
+                if key not in seen:
+                    seen.add(key)
+                    cases.append((kernel, chosen))
     return cases
 
 
@@ -160,6 +162,8 @@ def compile_all(report: Path) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from adafactor.kernels.triton import warps
+
     found = []
     for kernel, constants in _cases():
         names = list(inspect.signature(kernel.fn).parameters)
@@ -174,7 +178,8 @@ def compile_all(report: Path) -> None:
             signature=signature,
             constexprs={(names.index(k),): v for k, v in constants.items()},
         )
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        options = {"num_warps": warps(kernel)}  # as the host side launches it
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         ptx = compiled.asm["ptx"]
         found.append(
             {
@@ -229,6 +234,25 @@ def test_no_float32_math_flushes_subnormals_or_approximates(compiled):
         (c["kernel"], f) for c in compiled["cases"] for f in c["flushing"]
     }  # the same lines in every case of a kernel
     assert not flushing, sorted(flushing)
+
+
+def test_no_kernel_spills_and_the_tile_kernels_fit_128_registers(compiled):
+    for case in compiled["cases"]:
+        where = (case["kernel"], case["constants"])
+        assert case["local"] == 0 and case["stack"] == 0, where  # no spills, no stack
+        if case["kernel"] in TILE_KERNELS:
+            assert case["reg"] <= MAX_REGISTERS, (case["reg"], *where)
+
+
+def test_aligned_tensors_are_read_several_elements_at_a_time(compiled):
+    # The tile kernels compiled for tensors read VECTOR (plan.Access) load and store 16 or 8
+    # bytes per instruction; the others one element at a time.
+    from adafactor.kernels.plan import Access
+
+    for case in compiled["cases"]:
+        if case["kernel"] in TILE_KERNELS:
+            vector = case["constants"]["ACCESS"] == Access.VECTOR
+            assert (case["vector_loads"] > 0) == vector, (case["kernel"], case["constants"])
 
 
 if __name__ == "__main__":

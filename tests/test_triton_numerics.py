@@ -20,13 +20,13 @@ if triton_interpreted():
     def store_bfloat16(src, dst_at, n, BLOCK: tl.constexpr):
         offs = tl.arange(0, BLOCK)
         mask = offs < n
-        store_as(tl.load(dst_at), offs, tl.load(src + offs, mask=mask), mask, 1)
+        store_as(tl.load(dst_at), offs, tl.load(src + offs, mask=mask), mask, 1, 1)
 
     @triton.jit
     def load_bfloat16(src_at, dst, n, BLOCK: tl.constexpr):
         offs = tl.arange(0, BLOCK)
         mask = offs < n
-        tl.store(dst + offs, load_f32(tl.load(src_at), offs, mask, 1), mask=mask)
+        tl.store(dst + offs, load_f32(tl.load(src_at), offs, mask, 1, 1), mask=mask)
 
 
 BITS = [

@@ -431,28 +431,52 @@ int adafactor_sums(const int64_t *desc, int64_t ntensors, const int64_t *tiles, 
 
 /* --- Phase 2: the statistics and Σ U_t² ---------------------------------------------------- */
 
-/* R_t, C_t and mean_r(R_t) of one tensor, in place of its sums (phases.factored_statistics). */
-static double statistics_tensor(Tensor x, float *sums, const double *hp, const int64_t *flags) {
+/* Below this a bound on Σ U_t² proves it finite, with room for rounding and for the sum of the
+ * partial sums of up to 2^27 processes. */
+#define BOUND_LIMIT 1.2676506002282294e30 /* 2^100 */
+
+/* R_t, C_t and mean_r(R_t) of one tensor, in place of its sums (phases.factored_statistics);
+ * returns their count of non-finite values. *skip is set where the pass for Σ U_t² may be
+ * left out: nothing reads Σ U_t² but whether it is finite (no clipping, no diagnostics:
+ * HP_SUM_SQ_U), D_t = G_t (no Adam-style momentum), and a bound proves it finite, as the
+ * eager step's `finite` then is. U_ij² = G_ij²·(R̄/R_i)·(1/C_j): Σ U² is at most the rows'
+ * Σ_i Σ_j G_ij²·(R̄/R_i) over the least C_j, and at most the columns' Σ_j Σ_i G_ij²/C_j over
+ * the least R_i/R̄ (NaN or inf where neither is finite: no proof). The same bound as the
+ * Triton kernels' (triton_sums.statistics and update_sums_tiles). */
+static double statistics_tensor(Tensor x, float *sums, const double *hp, const int64_t *flags,
+                                int *skip) {
+    *skip = 0;
     if (!D(x, F_FACTORED)) return 0.0;
     Schedule s = schedule(x, hp, flags);
     float w = 1.0f - s.beta2_t, eps1 = (float)hp[HP_EPS1];
     double numel = (double)D(x, F_WHOLE_NUMEL), wn = (double)D(x, F_WHOLE_N), wm = (double)D(x, F_WHOLE_M);
     int64_t slices = D(x, F_SLICES), n = D(x, F_N), m = D(x, F_M);
+    int64_t bc = D(x, F_B) * D(x, F_C);
     const float *old_row = (const float *)PTR(x, F_STAT_A), *old_col = (const float *)PTR(x, F_STAT_B);
     float *row = sums + D(x, F_ROW), *col = sums + D(x, F_COL);
     float row_scale = (float)(numel / wm), col_scale = (float)(numel / wn), total_scale = (float)(numel / (wn * wm));
-    double nonfinite = 0.0;
-    for (int64_t k = 0; k < slices * n; k++) {
-        row[k] = lerp(old_row[k], row_scale * row[k] + eps1, w);
-        nonfinite += !isfinite(row[k]);
-    }
-    for (int64_t k = 0; k < slices * m; k++) {
-        col[k] = lerp(old_col[k], col_scale * col[k] + eps1, w);
-        nonfinite += !isfinite(col[k]);
-    }
     float *total = sums + D(x, F_TOTAL);
     const float *old_mean = sums + D(x, F_OLD_ROW_MEAN);
     for (int64_t k = 0; k < slices; k++) total[k] = lerp(old_mean[k], total_scale * total[k] + eps1, w);
+    double nonfinite = 0.0, by_rows = 0.0, by_cols = 0.0, low_ratio = INFINITY, low_col = INFINITY;
+    for (int64_t k = 0; k < slices * n; k++) {
+        float sum_sq = row[k];
+        row[k] = lerp(old_row[k], row_scale * sum_sq + eps1, w);
+        nonfinite += !isfinite(row[k]);
+        float ratio = row[k] / total[(k / (n * bc)) * bc + k % bc]; /* R_i over its slice's R̄ */
+        by_rows += (double)sum_sq * numel / ratio;
+        if (ratio < low_ratio) low_ratio = ratio;
+    }
+    for (int64_t k = 0; k < slices * m; k++) {
+        float sum_sq = col[k];
+        col[k] = lerp(old_col[k], col_scale * sum_sq + eps1, w);
+        nonfinite += !isfinite(col[k]);
+        by_cols += (double)sum_sq * numel / col[k];
+        if (col[k] < low_col) low_col = col[k];
+    }
+    double rows_bound = by_rows / low_col, cols_bound = by_cols / low_ratio;
+    double bound = rows_bound < cols_bound ? rows_bound : cols_bound;
+    *skip = hp[HP_SUM_SQ_U] == 0.0 && !flags[FLAG_GRADIENT_MOMENTUM] && bound < BOUND_LIMIT;
     return nonfinite;
 }
 
@@ -508,8 +532,12 @@ static void full_moment(Tensor x, const float *restrict g, int64_t e, int64_t k,
 
 static void update_sums_tile(const int64_t *tile, const int64_t *desc, const float *sums,
                              double *tile_sums, const double *hp, const int64_t *flags,
-                             Buffers *bp) {
+                             const int *skip, Buffers *bp) {
     Tensor x = {desc + tile[T_TENSOR] * N_FIELDS};
+    if (skip[tile[T_TENSOR]]) { /* Σ U_t² proven finite and read no further: not formed */
+        tile_sums[2] = tile_sums[3] = 0.0;
+        return;
+    }
     Schedule s = schedule(x, hp, flags);
     Buffers *b = bp;
     double su = 0.0, nonfinite = 0.0;
@@ -555,19 +583,21 @@ int adafactor_update_sums(const int64_t *desc, int64_t ntensors, const int64_t *
                           const int64_t *flags, int nthreads) {
     Buffers *buffers = malloc((size_t)nthreads * sizeof(Buffers));
     double *nonfinite = calloc((size_t)(ntensors > 0 ? ntensors : 1), sizeof(double));
-    if (!buffers || !nonfinite) {
+    int *skip = calloc((size_t)(ntensors > 0 ? ntensors : 1), sizeof(int));
+    if (!buffers || !nonfinite || !skip) {
         free(buffers);
         free(nonfinite);
+        free(skip);
         return -1;
     }
     for (int64_t i = 0; i < ntensors; i++) {
         Tensor x = {desc + i * N_FIELDS};
-        nonfinite[i] = statistics_tensor(x, sums, hp, flags);
+        nonfinite[i] = statistics_tensor(x, sums, hp, flags, skip + i);
     }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
     for (int64_t k = 0; k < ntiles; k++)
         update_sums_tile(tiles + k * N_TILE_FIELDS, desc, sums, tile_sums + k * 4, hp, flags,
-                         own_buffers(buffers));
+                         skip, own_buffers(buffers));
     for (int64_t i = 0; i < ntensors; i++) {
         Tensor x = {desc + i * N_FIELDS};
         int64_t first = D(x, F_FIRST_TILE), count = D(x, F_TILES), groups = D(x, F_RMS_GROUPS);
@@ -580,6 +610,7 @@ int adafactor_update_sums(const int64_t *desc, int64_t ntensors, const int64_t *
         sums[D(x, F_NONFINITE)] = (float)nonfinite[i];
         free(su);
     }
+    free(skip);
     free(nonfinite);
     free(buffers);
     return 0;

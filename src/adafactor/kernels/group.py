@@ -24,7 +24,16 @@ from ..phases import (
 from ..tiling import canonical
 from . import refuse
 from .errors import KernelBuildError
-from .plan import DTYPE_CODES, GRAD_CODES, Field, Geometry, Member, Plan, build_plan
+from .plan import (
+    DTYPE_CODES,
+    GRAD_CODES,
+    Field,
+    Geometry,
+    Member,
+    Plan,
+    build_plan,
+    with_gradients,
+)
 
 
 class Backend(Protocol):
@@ -129,6 +138,11 @@ class PlanCache:
             self.signature, self.grads = signature, pointers
             return self.plan
         if pointers != self.grads:
+            if with_gradients(self.plan.access, pointers) != self.plan.tensors_access:
+                # A gradient's alignment changed: its tiles move to another launch.
+                self.plan = build_plan(members(), geometry, device)
+                self.grads = pointers
+                return self.plan
             self.grads = pointers
             host = self.plan.host_descriptors
             host[:, Field.GRAD] = torch.tensor(pointers, dtype=torch.int64)

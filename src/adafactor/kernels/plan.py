@@ -77,6 +77,10 @@ class Field(IntEnum):
     GRAD_DTYPE = 37  # GRAD_CODES: a gradient is read in its own dtype
     RESIDUAL = 38  # compensated rounding's residual, of the parameter's dtype (0: none)
     STREAM = 39  # which stream of stochastic rounding's bits is the parameter's (step.Entry)
+    FIRST_JOB = 40  # the tensor's rows in the job table (its TENSOR job first)
+    JOBS = 41
+    ACCESS = 42  # how a tile kernel reads its elements (``Access``, its gradient included)
+    ROW_MEAN = 43  # offset into the sums buffer: mean_r(R_t) per slice (Triton; C: in TOTAL)
 
 
 class Tile(IntEnum):
@@ -92,6 +96,48 @@ class Tile(IntEnum):
     COL_TILE = 7
 
 
+class Job(IntEnum):
+    """The columns of a job's row in the job table (int64): the work of a group over its
+    tensors' statistics and sums, O(rows + columns) per tensor, cut so that no program of the
+    Triton kernels that walk it reads more than a few dozen times in a row."""
+
+    TENSOR = 0
+    KIND = 1  # JobKind
+    SLICE = 2  # the slice of a ROW_LINE or COL_LINE
+    START = 3  # its first row or column (lines), entry (ROW_ENTRIES, COL_ENTRIES), slice (SLICES)
+    COUNT = 4
+
+
+class JobKind(IntEnum):
+    """What a job covers."""
+
+    TENSOR = 0  # the whole tensor's sums over its tiles and jobs: one per tensor, its first
+    SLICES = 1  # up to JOB_LANES slices (one, with lanes over its tiles, past WIDE tiles each)
+    ROW_ENTRIES = 2  # up to JOB_LANES entries of R (all slices, flat) / of C
+    COL_ENTRIES = 3
+    ROW_LINE = 4  # up to LINE rows of a slice whose rows span several column tiles: their sums
+    COL_LINE = 5  # from the tiles' partials; likewise columns over several row tiles
+
+
+JOB_LANES = 1024
+"""Entries (of R, C, or slices) one job takes."""
+LINE = 128
+"""Rows (columns) whose partial sums one line job adds up."""
+WIDE = 64
+"""A slice of more tiles than this gets a SLICES job of its own, with lanes over its tiles."""
+ALIGNMENT = 4
+"""Elements read at once from a tensor whose row starts are multiples of this (``access``)."""
+
+
+class Access(IntEnum):
+    """How the tile kernels read a tensor's elements: each way is launched apart, compiled for
+    it (one program reading two ways would hold both ways' registers)."""
+
+    VECTOR = 0  # rows contiguous and aligned: ``ALIGNMENT`` elements at a time
+    CONTIGUOUS = 1  # rows contiguous (a flat tensor, or columns 1 apart), one at a time
+    STRIDED = 2  # columns C apart (factored dims not the last two)
+
+
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 """The dtypes the kernels read and write (statistics are float32)."""
 GRAD_CODES = {**DTYPE_CODES, torch.float64: 3}
@@ -103,10 +149,30 @@ float64 one is rounded to float32 as it is read, as the eager step rounds it."""
 class Geometry:
     """Tile sizes: ``rows × cols`` for factored slices, ``rows·cols`` elements for the rest
     (each backend has its own). The scratch for partial sums is ``numel·(1/rows + 1/cols)``
-    floats at most."""
+    floats at most (``1/min_rows`` where rows adapt). With ``min_rows``, a tensor cut into
+    fewer than ``target_tiles`` tiles has its tile rows halved, down to ``min_rows``, so that
+    a GPU's SMs all get work (a 4096² matrix in 512 × 128 tiles is only 256 of them). With
+    ``scalar_rows``, tensors not read ``Access.VECTOR`` have at most that many rows per tile
+    (the Triton kernels take fewer rows of them at once)."""
 
     rows: int
     cols: int
+    min_rows: int | None = None
+    target_tiles: int = 0
+    scalar_rows: int | None = None
+
+    def rows_for(self, n: int, col_tiles: int, slices: int, vector: bool = True) -> int:
+        """Tile rows for ``slices`` slices of ``n`` rows and ``col_tiles`` column tiles (for
+        a flat tensor: ``n`` elements, in tiles of ``rows·cols``), read ``Access.VECTOR`` or
+        not."""
+        rows = self.rows if vector or self.scalar_rows is None else self.scalar_rows
+        while (
+            self.min_rows is not None
+            and rows > self.min_rows
+            and slices * -(-n // rows) * col_tiles < self.target_tiles
+        ):
+            rows //= 2
+        return rows
 
 
 @dataclass
@@ -116,6 +182,8 @@ class Plan:
 
     descriptors: Tensor
     tiles: Tensor
+    tile_orders: tuple[Tensor, ...]  # per ``Access``, the tiles of the tensors read so
+    jobs: Tensor
     sums_numel: int
     scratch_numel: int
     layouts: list[SumsLayout]
@@ -125,6 +193,8 @@ class Plan:
     scalars_numel: int
     numel: int  # elements of the group's tensors
     longest: int  # the most entries of any tensor's R, C or per-slice values
+    access: list[Access]  # per tensor, but for its gradient (``access``)
+    tensors_access: list[Access]  # per tensor, its gradient included (``with_gradients``)
 
 
 @dataclass(frozen=True)
@@ -145,6 +215,7 @@ class SumsLayout:
     alpha: int
     update_rms: int
     finite: int
+    row_mean: int
     end: int
 
     @property
@@ -179,6 +250,7 @@ class SumsLayout:
             "alpha": self.rms_shape,
             "update_rms": self.rms_shape,
             "finite": (),
+            "row_mean": self.slice_shape,
         }
         shape = shapes[name]
         start = getattr(self, name)
@@ -201,6 +273,7 @@ def sums_layout(start: int, shape: tuple[int, ...], factored: bool, per_slice: b
         ("alpha", rms_groups),
         ("update_rms", rms_groups),
         ("finite", 1),
+        ("row_mean", slices),
     ]
     offsets, at = {}, start
     for name, size in sizes:
@@ -232,12 +305,46 @@ def _canonical_shape(x: Tensor, factored: bool) -> tuple[int, int, int, int, int
     return (a, n, b, m, c)
 
 
+def access(member: Member, geometry: Geometry) -> Access:
+    """How ``member``'s elements can be read, but for its gradient (new every step: see
+    ``with_gradients``): VECTOR where every row a tile reads starts at a multiple of
+    ``ALIGNMENT`` elements from a 16-byte boundary, in X, momentum, a full V̂ and compensated
+    rounding's residual (data pointers at 16-byte boundaries; a factored tensor's rows
+    ``ALIGNMENT``-multiples apart and its columns contiguous, a flat one's length a multiple,
+    so that no tile ends inside a group of elements); else CONTIGUOUS where its columns are
+    contiguous, else STRIDED."""
+    state = member.state
+    second = state.second_moment
+    pointers = [member.param] + ([second.v] if isinstance(second, Full) else [])
+    pointers += [] if state.momentum is None else [state.momentum]
+    pointers += [] if state.residual is None else [state.residual]
+    if member.dims is None:
+        contiguous, multiple = True, member.param.numel() % ALIGNMENT == 0
+    else:
+        _, _, _, m, c = _canonical_shape(member.param, True)
+        contiguous, multiple = c == 1, m % ALIGNMENT == 0
+    if not contiguous:
+        return Access.STRIDED
+    unaligned = any(t.data_ptr() % 16 for t in pointers) or geometry.cols % ALIGNMENT
+    return Access.CONTIGUOUS if unaligned or not multiple else Access.VECTOR
+
+
+def with_gradients(static: Sequence[Access], pointers: Sequence[int]) -> list[Access]:
+    """Per tensor, its ``access`` (``static``) with its gradient at ``pointers``: VECTOR only
+    where the gradient starts at a 16-byte boundary too."""
+    return [
+        Access.CONTIGUOUS if a == Access.VECTOR and p % 16 else a for a, p in zip(static, pointers)
+    ]
+
+
 def build_plan(members: Sequence[Member], geometry: Geometry, device: torch.device) -> Plan:
     """The tables for ``members`` (every tensor of a group that the kernels step)."""
     rows: list[list[int]] = []
     tiles: list[Tensor] = []
+    jobs: list[Tensor] = []
     layouts: list[SumsLayout] = []
-    sums_at = scratch_at = 0
+    static_access: list[Access] = []
+    sums_at = scratch_at = tile_count = job_count = 0
     for index, member in enumerate(members):
         factored = member.dims is not None
         shape = _canonical_shape(member.param, factored)
@@ -246,15 +353,25 @@ def build_plan(members: Sequence[Member], geometry: Geometry, device: torch.devi
         sums_at = layout.end
         a, n, b, m, c = shape
         slices = a * b * c
+        static_access.append(access(member, geometry))
+        kind = with_gradients(static_access[-1:], [member.grad.data_ptr()])[0]
+        vector = kind == Access.VECTOR
         if factored:
-            row_tiles = -(-n // geometry.rows) if n else 0
             col_tiles = -(-m // geometry.cols) if m else 0
+            tile_rows = geometry.rows_for(n, col_tiles, slices, vector)
+            row_tiles = -(-n // tile_rows) if n else 0
         else:
             numel = member.param.numel()
-            row_tiles, col_tiles = -(-numel // (geometry.rows * geometry.cols)), 1
-        own = _tiles(index, factored, slices, shape, row_tiles, col_tiles, geometry)
-        first_tile = sum(t.shape[0] for t in tiles)
+            tile_rows = geometry.rows_for(-(-numel // geometry.cols), 1, 1, vector)
+            row_tiles, col_tiles = -(-numel // (tile_rows * geometry.cols)), 1
+        own = _tiles(index, factored, slices, shape, row_tiles, col_tiles, tile_rows, geometry)
+        first_tile = tile_count
+        tile_count += own.shape[0]
         tiles.append(own)
+        own_jobs = _jobs(index, factored, slices, n, m, row_tiles, col_tiles)
+        first_job = job_count
+        job_count += own_jobs.shape[0]
+        jobs.append(own_jobs)
         row_parts, col_parts = scratch_at, scratch_at + slices * col_tiles * n * factored
         scratch_at = col_parts + slices * row_tiles * m * factored
         state = member.state
@@ -303,15 +420,31 @@ def build_plan(members: Sequence[Member], geometry: Geometry, device: torch.devi
                 GRAD_CODES[member.grad.dtype],
                 0 if state.residual is None else state.residual.data_ptr(),
                 state.stream & 0xFFFFFFFF,
+                first_job,
+                own_jobs.shape[0],
+                kind,
+                layout.row_mean,
             ]
         )
     host = torch.tensor(rows, dtype=torch.int64).reshape(len(members), len(Field))
     tile_table = torch.cat(tiles) if tiles else torch.zeros((0, len(Tile)), dtype=torch.int64)
+    job_table = torch.cat(jobs) if jobs else torch.zeros((0, len(Job)), dtype=torch.int64)
+    kinds = [Access(row[Field.ACCESS]) for row in rows]
+    spans = [(row[Field.FIRST_TILE], row[Field.TILES]) for row in rows]
+    tile_orders = tuple(
+        torch.cat(
+            [torch.zeros(0, dtype=torch.int64)]
+            + [torch.arange(f, f + c) for (f, c), k in zip(spans, kinds) if k == kind]
+        ).to(device)
+        for kind in Access
+    )
     groups = [row[Field.RMS_GROUPS] for row in rows]
     offsets = [2 * sum(groups[:i]) for i in range(len(groups))]
     return Plan(
         host.to(device),
         tile_table.to(device),
+        tile_orders,
+        job_table.to(device),
         max(sums_at, 1),
         max(scratch_at, 1),
         layouts,
@@ -321,6 +454,8 @@ def build_plan(members: Sequence[Member], geometry: Geometry, device: torch.devi
         max(2 * sum(groups), 1),
         sum(member.param.numel() for member in members),
         max((layout.longest for layout in layouts), default=0),
+        static_access,
+        kinds,
     )
 
 
@@ -331,6 +466,7 @@ def _tiles(
     shape: tuple[int, ...],
     row_tiles: int,
     col_tiles: int,
+    tile_rows: int,
     geometry: Geometry,
 ) -> Tensor:
     """The tile table of one tensor, built with a few tensor ops (a tensor may have
@@ -343,14 +479,14 @@ def _tiles(
         index = torch.arange(count, dtype=torch.int64)
         slice_index, in_slice = index // max(per_slice, 1), index % max(per_slice, 1)
         row_tile, col_tile = in_slice // max(col_tiles, 1), in_slice % max(col_tiles, 1)
-        row0, col0 = row_tile * geometry.rows, col_tile * geometry.cols
-        nrows = (n - row0).clamp(max=geometry.rows)
+        row0, col0 = row_tile * tile_rows, col_tile * geometry.cols
+        nrows = (n - row0).clamp(max=tile_rows)
         ncols = (m - col0).clamp(max=geometry.cols)
     else:
         numel = shape[1]
         count = row_tiles
         row_tile = torch.arange(count, dtype=torch.int64)
-        span = geometry.rows * geometry.cols
+        span = tile_rows * geometry.cols
         row0 = row_tile * span
         nrows = (numel - row0).clamp(max=span)
         slice_index = col_tile = col0 = ncols = torch.zeros(count, dtype=torch.int64)
@@ -367,6 +503,44 @@ def _tiles(
     return torch.stack(columns, dim=1)
 
 
+def _jobs(
+    tensor: int, factored: bool, slices: int, n: int, m: int, row_tiles: int, col_tiles: int
+) -> Tensor:
+    """The job table of one tensor (see ``Job``, ``JobKind``), its TENSOR job first."""
+    parts = [torch.tensor([[tensor, JobKind.TENSOR, 0, 0, 0]], dtype=torch.int64)]
+    if factored:
+        per = row_tiles * col_tiles
+        parts.append(_blocks(tensor, JobKind.SLICES, slices, 1 if per > WIDE else JOB_LANES))
+        parts.append(_blocks(tensor, JobKind.ROW_ENTRIES, slices * n, JOB_LANES))
+        parts.append(_blocks(tensor, JobKind.COL_ENTRIES, slices * m, JOB_LANES))
+        if col_tiles > 1:
+            parts.append(_lines(tensor, JobKind.ROW_LINE, slices, n))
+        if row_tiles > 1:
+            parts.append(_lines(tensor, JobKind.COL_LINE, slices, m))
+    return torch.cat(parts)
+
+
+def _blocks(tensor: int, kind: JobKind, count: int, size: int) -> Tensor:
+    """Jobs of ``kind`` over ``count`` entries, ``size`` at a time."""
+    start = torch.arange(0, count, size, dtype=torch.int64)
+    out = torch.zeros((start.shape[0], len(Job)), dtype=torch.int64)
+    out[:, Job.TENSOR], out[:, Job.KIND], out[:, Job.START] = tensor, kind, start
+    out[:, Job.COUNT] = (count - start).clamp(max=size)
+    return out
+
+
+def _lines(tensor: int, kind: JobKind, slices: int, length: int) -> Tensor:
+    """Line jobs of ``kind`` over every slice's ``length`` rows (columns), ``LINE`` at a time."""
+    per = -(-length // LINE)
+    index = torch.arange(slices * per, dtype=torch.int64)
+    out = torch.zeros((index.shape[0], len(Job)), dtype=torch.int64)
+    start = (index % per) * LINE
+    out[:, Job.TENSOR], out[:, Job.KIND] = tensor, kind
+    out[:, Job.SLICE], out[:, Job.START] = index // per, start
+    out[:, Job.COUNT] = (length - start).clamp(max=LINE)
+    return out
+
+
 class HP(IntEnum):
     """The group's numbers, in the order the kernels read them (float64 on CPU)."""
 
@@ -380,6 +554,7 @@ class HP(IntEnum):
     BETA1 = 7
     BETA2 = 8
     WEIGHT_DECAY = 9
+    SUM_SQ_U = 10  # 1: Σ U_t² is needed (clipping or diagnostics), 0: only whether finite
 
 
 class Flag(IntEnum):
@@ -416,6 +591,7 @@ def numbers(hp: Hyperparameters) -> list[float]:
         HP.BETA1: hp.beta1,
         HP.BETA2: hp.beta2,
         HP.WEIGHT_DECAY: hp.weight_decay,
+        HP.SUM_SQ_U: hp.clip_threshold is not None or hp.diagnostics,
     }
     return [0.0 if values[k] is None else float(values[k]) for k in HP]  # type: ignore[arg-type]
 

@@ -4,14 +4,17 @@ them). The kernels are in ``triton_sums.py`` (phases 1 and 2) and ``triton_apply
 3), on the device functions of ``triton_lanes.py``.
 
 Each launch takes the whole group: the tile kernels (``sums_tiles``, ``update_sums_tiles``,
-``apply_tiles``) have one program per tile, the tensor kernels one program per tensor and
-``SPLIT`` slices of it. A data pointer is read from the descriptor table and cast to the
-tensor's dtype, chosen at run time (float32, bfloat16, float16). Every sum is reduced in a
-fixed order, with no atomics, so a step is deterministic. The group's numbers (lr, ε, β…) are
-read from a device tensor and every tensor's step count from its state, so nothing recompiles
-when they change and nothing waits for the host; the options that choose what the step does
-(momentum, clipping, …) are compile-time constants. The tests run these kernels on CPU
-tensors through Triton's interpreter (``TRITON_INTERPRET=1``)."""
+``apply_tiles``) have one program per tile of at most 512 × 128 elements (fewer rows where a
+tensor would otherwise leave SMs idle: ``GEOMETRY``), the job kernels one program per job of
+the plan's job table (a tensor's sums over its tiles, blocks of its R and C, lines of partial
+sums). A data pointer is read from the descriptor table and cast to the tensor's dtype, chosen
+at run time (float32, bfloat16, float16), and read 4 elements at a time where the plan found
+the tensor aligned. Every sum is reduced in a fixed order, with no atomics, so a step is
+deterministic. The group's numbers (lr, ε, β…) are read from a device tensor and every
+tensor's step count from its state, so nothing recompiles when they change and nothing waits
+for the host; the options that choose what the step does (momentum, clipping, …) are
+compile-time constants. The tests run these kernels on CPU tensors through Triton's
+interpreter (``TRITON_INTERPRET=1``)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import torch
-import triton
 from torch import Tensor
 
 from ..factoring import state_layout
@@ -28,41 +30,49 @@ from ..options import Hyperparameters
 from ..phases import TensorState
 from ..tiling import canonical
 from .errors import KernelBuildError
-from .plan import HP, Flag, Geometry, Member, Plan, build_plan
+from .plan import HP, Access, Flag, Geometry, Member, Plan, build_plan
 from .plan import flags as plan_flags
 from .plan import numbers as plan_numbers
 from .triton_apply import apply_scalars, apply_tiles, commit
-from .triton_lanes import TILE_SUMS
+from .triton_lanes import JOB_SUMS, TILE_SUMS
 from .triton_sums import (
     statistics,
-    sums_tensors,
+    sums_jobs,
     sums_tiles,
-    update_sums_tensors,
+    update_sums_jobs,
     update_sums_tiles,
 )
 
 DEVICE_TYPE = "cuda"
-GEOMETRY = Geometry(rows=512, cols=512)
-"""Tiles of 512 × 512: one program's block of columns is 512 wide."""
-MAX_SPLIT = 32
-"""The most programs per tensor in the tensor kernels (``SPLIT``, each taking every
-``SPLIT``-th slice or block): a group's longest statistics decide, once per plan."""
+SMS = 132
+"""Streaming multiprocessors of an H100/H200 SXM, which the tiles are sized for."""
+GEOMETRY = Geometry(rows=256, cols=128, min_rows=64, target_tiles=2 * SMS, scalar_rows=64)
+"""Tiles of up to 256 rows of 128 columns: a tile kernel takes 8 rows × 128 columns at once
+(4 rows, 2 in the update, of a tensor not read 4 elements at a time, whose tiles have at most
+64 rows), so no program reads more than 32 blocks in a row; fewer rows (down to 64) for a
+tensor that would otherwise be fewer than two tiles per SM. The partial sums of a tall
+matrix's columns are then one per 256 rows: a line job adds 16 of them at once (``KB``)."""
 
 LAUNCHES: collections.Counter[str] = collections.Counter()
 """Kernel launches made, by kernel name (read by the tests)."""
 KERNELS = (
     sums_tiles,
-    sums_tensors,
+    sums_jobs,
     statistics,
     update_sums_tiles,
-    update_sums_tensors,
+    update_sums_jobs,
     apply_scalars,
     apply_tiles,
     commit,
 )
 """Every kernel a step launches, in launch order (read by the tests and ``gpu_check.sh``)."""
+TILE_KERNELS = (sums_tiles, update_sums_tiles, apply_tiles)
+"""The kernels that stream the elements, one program per tile: launched once per way of
+reading (``plan.Access``) that a group's tensors need."""
 LAUNCHES_PER_STEP = len(KERNELS)
-"""Launches per group and step, whatever the number of tensors."""
+"""Launches per group and step where its tensors are all read one way, whatever their number;
+three more per further way, up to ``MAX_LAUNCHES_PER_STEP``."""
+MAX_LAUNCHES_PER_STEP = len(KERNELS) + 2 * len(TILE_KERNELS)
 
 
 def available() -> bool:
@@ -74,12 +84,13 @@ def available() -> bool:
 
 
 class Buffers(NamedTuple):
-    """What the kernels keep for one step: the sums, the tiles' partial sums and scratch."""
+    """What the kernels keep for one step: the sums, the tiles' partial sums of rows and
+    columns (scratch), each tile's and each job's sums, and the step scales."""
 
     sums: Tensor
     scratch: Tensor
     tile_sums: Tensor
-    partials: Tensor
+    job_sums: Tensor
     scales: Tensor
 
 
@@ -100,7 +111,6 @@ class Numbers(NamedTuple):
 def make_buffers(plan: Plan) -> Buffers:
     """Fresh buffers for one step of ``plan`` on its device (each entry written before read)."""
     device = plan.descriptors.device
-    tensors = plan.descriptors.shape[0]
 
     def empty(numel: int) -> Tensor:
         return torch.empty(max(numel, 1), dtype=torch.float32, device=device)
@@ -109,7 +119,7 @@ def make_buffers(plan: Plan) -> Buffers:
         empty(plan.sums_numel),
         empty(plan.scratch_numel),
         empty(plan.tiles.shape[0] * TILE_SUMS),
-        empty(tensors * _split(plan)),
+        empty(plan.jobs.shape[0] * JOB_SUMS),
         empty(plan.scalars_numel),
     )
 
@@ -182,13 +192,13 @@ def sums_of(buffers: Buffers) -> Tensor:
 def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **constants: Any) -> None:
     if _warming is None:
         LAUNCHES[kernel.__name__] += 1
-        kernel[grid](*args, **constants)
+        kernel[grid](*args, num_warps=warps(kernel), **constants)
         return
     try:
         if _warming == "compile":
-            kernel.warmup(*args, grid=grid, **constants)
+            kernel.warmup(*args, grid=grid, num_warps=warps(kernel), **constants)
         else:
-            kernel[grid](*args, **constants)
+            kernel[grid](*args, num_warps=warps(kernel), **constants)
     except Exception as error:  # any failure of Triton's, its compilers' or the driver's
         raise KernelBuildError(f"{kernel.__name__}: {type(error).__name__}: {error}") from error
 
@@ -307,93 +317,96 @@ def _tiny_member(shape: tuple[int, ...], hp: Hyperparameters, device: torch.devi
     )
 
 
-def _tile_constants(plan: Plan) -> dict[str, int]:
-    block_c = triton.next_power_of_2(plan.geometry.cols)
-    return {"BLOCK_C": block_c, "ROWS": max(1, 2048 // block_c)}
+TILE_WARPS = 8
+"""Warps per program of the tile kernels: 4 elements per thread and tensor of a block of
+8 × 128, one row per warp (a row's sum needs no barrier)."""
 
 
-BLOCK = 256  # lanes of the tensor kernels' loops
+def warps(kernel: Any) -> int:
+    """The ``num_warps`` ``kernel`` is launched (and compiled) with."""
+    return TILE_WARPS if kernel in TILE_KERNELS else 4
 
 
-def _split(plan: Plan) -> int:
-    """Programs per tensor in the tensor kernels: enough for the group's longest statistics
-    (``BLOCK`` entries each), a power of two up to ``MAX_SPLIT``."""
-    return min(MAX_SPLIT, triton.next_power_of_2(max(1, -(-plan.longest // BLOCK))))
+def _tile_launches(plan: Plan) -> list[tuple[Tensor, int]]:
+    """The tile kernels' launches: one per way of reading (``plan.Access``) that the group's
+    tensors need, over their tiles."""
+    return [(order, int(kind)) for order, kind in zip(plan.tile_orders, Access) if order.numel()]
 
 
 def sums(plan: Plan, buffers: Buffers) -> None:
-    """Phase 1 for every tensor of the plan: two launches."""
-    tiles, tensors, split = plan.tiles.shape[0], plan.descriptors.shape[0], _split(plan)
-    if tiles:
+    """Phase 1 for every tensor of the plan: one launch per way of reading, then one."""
+    for order, access in _tile_launches(plan):
         _launch(
             sums_tiles,
-            (tiles,),
+            (order.shape[0],),
             plan.descriptors,
             plan.tiles,
+            order,
             buffers.sums,
             buffers.scratch,
             buffers.tile_sums,
-            **_tile_constants(plan),
+            ACCESS=access,
         )
     _launch(
-        sums_tensors,
-        (tensors, split),
+        sums_jobs,
+        (plan.jobs.shape[0],),
         plan.descriptors,
+        plan.jobs,
         buffers.sums,
         buffers.scratch,
         buffers.tile_sums,
-        BLOCK=BLOCK,
-        SPLIT=split,
     )
 
 
 def update_sums(plan: Plan, buffers: Buffers, options: Numbers) -> None:
-    """Phase 2, from complete sums: three launches."""
-    tiles, tensors, split = plan.tiles.shape[0], plan.descriptors.shape[0], _split(plan)
+    """Phase 2, from complete sums: one launch, one per way of reading, one."""
+    jobs = plan.jobs.shape[0]
     schedule = options.flags["schedule"]
     _launch(
         statistics,
-        (tensors, split),
+        (jobs,),
         plan.descriptors,
+        plan.jobs,
         buffers.sums,
-        buffers.partials,
+        buffers.job_sums,
         options.numbers,
         **schedule,
-        BLOCK=BLOCK,
-        SPLIT=split,
     )
-    if tiles:
+    for order, access in _tile_launches(plan):
         _launch(
             update_sums_tiles,
-            (tiles,),
+            (order.shape[0],),
             plan.descriptors,
             plan.tiles,
+            order,
             buffers.sums,
             buffers.tile_sums,
+            plan.jobs,
+            buffers.job_sums,
             options.numbers,
             **schedule,
-            **_tile_constants(plan),
+            ACCESS=access,
         )
     _launch(
-        update_sums_tensors,
-        (tensors, split),
+        update_sums_jobs,
+        (jobs,),
         plan.descriptors,
+        plan.jobs,
         buffers.sums,
-        buffers.partials,
         buffers.tile_sums,
-        BLOCK=BLOCK,
-        SPLIT=split,
+        buffers.job_sums,
     )
 
 
 def apply(plan: Plan, buffers: Buffers, options: Numbers) -> None:
-    """Phase 3, from complete sums: three launches."""
-    tiles, tensors, split = plan.tiles.shape[0], plan.descriptors.shape[0], _split(plan)
+    """Phase 3, from complete sums: one launch, one per way of reading, one."""
+    jobs = plan.jobs.shape[0]
     schedule, chosen = options.flags["schedule"], options.flags["apply"]
     _launch(
         apply_scalars,
-        (tensors, split),
+        (jobs,),
         plan.descriptors,
+        plan.jobs,
         buffers.sums,
         buffers.scales,
         plan.scalar_offsets,
@@ -402,15 +415,14 @@ def apply(plan: Plan, buffers: Buffers, options: Numbers) -> None:
         SCALE_PARAMETER=chosen["SCALE_PARAMETER"],
         CLIP=chosen["CLIP"],
         DECAY_SCALE=chosen["DECAY_SCALE"],
-        BLOCK=BLOCK,
-        SPLIT=split,
     )
-    if tiles:
+    for order, access in _tile_launches(plan):
         _launch(
             apply_tiles,
-            (tiles,),
+            (order.shape[0],),
             plan.descriptors,
             plan.tiles,
+            order,
             buffers.sums,
             buffers.scales,
             plan.scalar_offsets,
@@ -420,6 +432,81 @@ def apply(plan: Plan, buffers: Buffers, options: Numbers) -> None:
             STEP_MOMENTUM=chosen["STEP_MOMENTUM"],
             MAXIMIZE=chosen["MAXIMIZE"],
             STOCHASTIC_ROUNDING=chosen["STOCHASTIC_ROUNDING"],
-            **_tile_constants(plan),
+            ACCESS=access,
         )
-    _launch(commit, (tensors, split), plan.descriptors, buffers.sums, BLOCK=BLOCK, SPLIT=split)
+    _launch(commit, (jobs,), plan.descriptors, plan.jobs, buffers.sums)
+
+
+# --- What each program does, counted from the plan (tests and gpu_check read it) ----------------
+
+
+def programs(plan: Plan) -> dict[str, list[int]]:
+    """Programs per launch of a step of ``plan``, by kernel (a tile kernel once per way of
+    reading its tensors)."""
+    tiles = [order.numel() for order, _ in _tile_launches(plan)]
+    jobs = [plan.jobs.shape[0]]
+    return {
+        k.__name__: tiles if k in TILE_KERNELS else jobs
+        for k in KERNELS  # in launch order
+    }
+
+
+def longest_chains(plan: Plan) -> dict[str, int]:
+    """Per kernel, the most loads any of its programs makes one after another on ``plan``: the
+    iterations of its loops that read memory, added up over the loops of one program (a
+    model of the kernels' loops, kept beside them; each iteration's loads are independent
+    of one another and issued together)."""
+    from .plan import JOB_LANES, WIDE, Field, Job, JobKind, Tile
+    from .triton_lanes import APPLY_SCALAR_ROWS, BLOCK_C, KB, ROWS, SCALAR_ROWS
+
+    def up(a: Tensor, b: int | Tensor) -> Tensor:
+        return -(-a // b)
+
+    d = plan.host_descriptors
+    tiles = plan.tiles.cpu()
+    jobs = plan.jobs.cpu()
+    access = torch.tensor([int(a) for a in plan.tensors_access] or [0])
+    tensor = tiles[:, Tile.TENSOR]
+    vector = access[tensor] == Access.VECTOR
+    factored = d[tensor, Field.FACTORED] == 1
+
+    def tile_loop(scalar_rows: int) -> Tensor:
+        # A factored tile's rows, R at a time; a flat tile's elements, R·BLOCK_C at a time.
+        rows = torch.where(vector, ROWS.value, scalar_rows)
+        return up(tiles[:, Tile.ROWS], torch.where(factored, rows, rows * BLOCK_C.value))
+
+    bound = torch.where(factored, up(d[tensor, Field.JOBS], JOB_LANES), 0)
+    owner = jobs[:, Job.TENSOR]
+    kind = jobs[:, Job.KIND]
+    per = d[owner, Field.ROW_TILES] * d[owner, Field.COL_TILES]
+    slices = torch.where(per > WIDE, up(per, JOB_LANES), per)
+    all_tiles = up(d[owner, Field.TILES], JOB_LANES)
+    own_jobs = up(d[owner, Field.JOBS], JOB_LANES)
+    groups = up(d[owner, Field.RMS_GROUPS], JOB_LANES)
+    lines = torch.where(
+        kind == JobKind.ROW_LINE,
+        up(d[owner, Field.COL_TILES], KB.value),
+        up(d[owner, Field.ROW_TILES], KB.value),
+    )
+    is_tensor, is_slices = kind == JobKind.TENSOR, kind == JobKind.SLICES
+    is_line = (kind == JobKind.ROW_LINE) | (kind == JobKind.COL_LINE)
+    zero = torch.zeros_like(kind)
+
+    def most(x: Tensor) -> int:
+        return int(x.max()) if x.numel() else 0
+
+    return {
+        "sums_tiles": most(tile_loop(SCALAR_ROWS.value)),
+        "sums_jobs": most(
+            torch.where(is_tensor, all_tiles, torch.where(is_slices, slices, zero))
+            + torch.where(is_line, lines, zero)
+        ),
+        "statistics": 1 if jobs.shape[0] else 0,
+        "update_sums_tiles": most(tile_loop(SCALAR_ROWS.value) + bound),
+        "update_sums_jobs": most(
+            torch.where(is_tensor, all_tiles + own_jobs, torch.where(is_slices, slices, zero))
+        ),
+        "apply_scalars": most(torch.where(is_tensor, 1 + groups, torch.ones_like(kind))),
+        "apply_tiles": most(tile_loop(APPLY_SCALAR_ROWS.value)),
+        "commit": 1 if jobs.shape[0] else 0,
+    }

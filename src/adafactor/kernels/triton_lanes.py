@@ -1,6 +1,7 @@
 """Device functions that every Triton kernel of the group step shares: the tables' columns as
 compile-time constants, a tensor read and written in its own dtype (chosen at run time from
-the descriptor table), values rounded as the state stores them, and each tensor's schedules.
+the descriptor table), 4 elements at a time where the plan found it aligned, values rounded
+as the state stores them, each tensor's schedules, and sums over a tensor's tiles.
 """
 
 from __future__ import annotations
@@ -8,9 +9,27 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .plan import HP, Field, Tile
+from .plan import ALIGNMENT, HP, JOB_LANES, LINE, WIDE, Access, Field, Job, JobKind, Tile
 
-TILE_SUMS = 6  # per tile: Σ(X·2^32)², Σ(X·2^−32)², Σ R_{t−1}/n, Σ U², non-finite count
+TILE_SUMS = 6
+"""Per tile: Σ(X·2^32)², Σ(X·2^−32)², Σ R_{t−1}/n, Σ U², non-finite count, Σ (G/√numel)²."""
+JOB_SUMS = 3
+"""Per job of R or C entries: their non-finite count, and the two numbers that bound Σ U_t²
+(``triton_sums.statistics``)."""
+BLOCK_C: tl.constexpr = tl.constexpr(128)
+"""Columns a tile kernel takes at once: a warp's 32 lanes × 4, so that a row's sum stays in
+one warp (no barrier)."""
+ROWS: tl.constexpr = tl.constexpr(8)
+"""Rows a tile kernel takes at once from a tensor read VECTOR (one per warp of 8: 4 elements
+per thread and tensor, one vector)."""
+SCALAR_ROWS: tl.constexpr = tl.constexpr(4)
+"""Rows it takes at once otherwise (2 elements per thread and tensor: each element's own
+64-bit address is live until it is read, so as many registers as a vector of 4 would take)."""
+APPLY_SCALAR_ROWS: tl.constexpr = tl.constexpr(2)
+"""Rows the update takes at once from a tensor not read VECTOR: 1 element per thread, since
+it reads and writes up to five tensors (compensated rounding's residual among them)."""
+KB: tl.constexpr = tl.constexpr(16)
+"""Tiles' partial sums a line job adds at once (``LINE`` rows or columns of each)."""
 
 # The tables' columns as compile-time constants of the kernels.
 NF: tl.constexpr = tl.constexpr(len(Field))
@@ -54,6 +73,28 @@ F_SLICES: tl.constexpr = tl.constexpr(Field.SLICES)
 F_RMS_GROUPS: tl.constexpr = tl.constexpr(Field.RMS_GROUPS)
 F_RESIDUAL: tl.constexpr = tl.constexpr(Field.RESIDUAL)
 F_STREAM: tl.constexpr = tl.constexpr(Field.STREAM)
+F_FIRST_JOB: tl.constexpr = tl.constexpr(Field.FIRST_JOB)
+F_JOBS: tl.constexpr = tl.constexpr(Field.JOBS)
+F_ACCESS: tl.constexpr = tl.constexpr(Field.ACCESS)
+F_ROW_MEAN: tl.constexpr = tl.constexpr(Field.ROW_MEAN)
+NJ: tl.constexpr = tl.constexpr(len(Job))
+J_TENSOR: tl.constexpr = tl.constexpr(Job.TENSOR)
+J_KIND: tl.constexpr = tl.constexpr(Job.KIND)
+J_SLICE: tl.constexpr = tl.constexpr(Job.SLICE)
+J_START: tl.constexpr = tl.constexpr(Job.START)
+J_COUNT: tl.constexpr = tl.constexpr(Job.COUNT)
+K_TENSOR: tl.constexpr = tl.constexpr(JobKind.TENSOR)
+K_SLICES: tl.constexpr = tl.constexpr(JobKind.SLICES)
+K_ROW_ENTRIES: tl.constexpr = tl.constexpr(JobKind.ROW_ENTRIES)
+K_COL_ENTRIES: tl.constexpr = tl.constexpr(JobKind.COL_ENTRIES)
+K_ROW_LINE: tl.constexpr = tl.constexpr(JobKind.ROW_LINE)
+K_COL_LINE: tl.constexpr = tl.constexpr(JobKind.COL_LINE)
+LANES: tl.constexpr = tl.constexpr(JOB_LANES)
+LINE_LANES: tl.constexpr = tl.constexpr(LINE)
+WIDE_TILES: tl.constexpr = tl.constexpr(WIDE)
+VECTOR: tl.constexpr = tl.constexpr(ALIGNMENT)
+A_VECTOR: tl.constexpr = tl.constexpr(Access.VECTOR)
+A_CONTIGUOUS: tl.constexpr = tl.constexpr(Access.CONTIGUOUS)
 T_TENSOR: tl.constexpr = tl.constexpr(Tile.TENSOR)
 T_SLICE: tl.constexpr = tl.constexpr(Tile.SLICE)
 T_ROW0: tl.constexpr = tl.constexpr(Tile.ROW0)
@@ -72,31 +113,48 @@ H_DECAY_OFFSET: tl.constexpr = tl.constexpr(HP.DECAY_OFFSET)
 H_BETA1: tl.constexpr = tl.constexpr(HP.BETA1)
 H_BETA2: tl.constexpr = tl.constexpr(HP.BETA2)
 H_WEIGHT_DECAY: tl.constexpr = tl.constexpr(HP.WEIGHT_DECAY)
+H_SUM_SQ_U: tl.constexpr = tl.constexpr(HP.SUM_SQ_U)
 S_UP: tl.constexpr = tl.constexpr(0)
 S_DOWN: tl.constexpr = tl.constexpr(1)
 S_OLD: tl.constexpr = tl.constexpr(2)
 S_SU: tl.constexpr = tl.constexpr(3)
 S_NF: tl.constexpr = tl.constexpr(4)
+S_TOTAL: tl.constexpr = tl.constexpr(5)
 S_FIELDS: tl.constexpr = tl.constexpr(TILE_SUMS)
+JS_NF: tl.constexpr = tl.constexpr(0)
+JS_BOUND: tl.constexpr = tl.constexpr(1)
+JS_LOW: tl.constexpr = tl.constexpr(2)
+JS_FIELDS: tl.constexpr = tl.constexpr(JOB_SUMS)
 
 
 # --- Reading and writing the group's tensors --------------------------------------------------
 
 
 @triton.jit
-def load_f32(addr, offs, mask, code):
+def typed(addr, dtype, ACCESS: tl.constexpr):
+    """The address ``addr`` (int64, from the descriptor table) as a pointer to ``dtype``; read
+    with ``ACCESS`` (``plan.Access``) VECTOR, known to sit at a 16-byte boundary (the plan
+    checked it), so that offsets hinted ``VECTOR``-aligned read ``VECTOR`` elements at once."""
+    pointer = addr.to(tl.pointer_type(dtype))
+    if ACCESS == A_VECTOR:
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+@triton.jit
+def load_f32(addr, offs, mask, code, ACCESS: tl.constexpr):
     """Elements ``offs`` of the tensor at address ``addr`` of dtype ``code``, as float32 (code
     3, float64, only for gradients: rounded to nearest, as the eager step's ``.to``)."""
     if code == 3:
-        x = tl.load(addr.to(tl.pointer_type(tl.float64)) + offs, mask=mask, other=0.0)
+        x = tl.load(typed(addr, tl.float64, ACCESS) + offs, mask=mask, other=0.0)
         x = x.to(tl.float32)
     elif code == 0:
-        x = tl.load(addr.to(tl.pointer_type(tl.float32)) + offs, mask=mask, other=0.0)
+        x = tl.load(typed(addr, tl.float32, ACCESS) + offs, mask=mask, other=0.0)
     elif code == 1:  # its bits are float32's top half (the interpreter's cast flushes subnormals)
-        x = tl.load(addr.to(tl.pointer_type(tl.int16)) + offs, mask=mask, other=0)
+        x = tl.load(typed(addr, tl.int16, ACCESS) + offs, mask=mask, other=0)
         x = (x.to(tl.int32) << 16).to(tl.float32, bitcast=True)
     else:
-        x = tl.load(addr.to(tl.pointer_type(tl.float16)) + offs, mask=mask, other=0.0)
+        x = tl.load(typed(addr, tl.float16, ACCESS) + offs, mask=mask, other=0.0)
         x = x.to(tl.float32)
     return x
 
@@ -116,15 +174,15 @@ def round_bf16(x):
 
 
 @triton.jit
-def store_as(addr, offs, x, mask, code):
+def store_as(addr, offs, x, mask, code, ACCESS: tl.constexpr):
     """Store float32 ``x`` as dtype ``code``, rounded to nearest even."""
     if code == 0:
-        tl.store(addr.to(tl.pointer_type(tl.float32)) + offs, x, mask=mask)
+        tl.store(typed(addr, tl.float32, ACCESS) + offs, x, mask=mask)
     elif code == 1:  # the top half of the rounded bits (no float cast: see load_f32)
         y = (round_bf16(x).to(tl.int32, bitcast=True) >> 16).to(tl.int16)
-        tl.store(addr.to(tl.pointer_type(tl.int16)) + offs, y, mask=mask)
+        tl.store(typed(addr, tl.int16, ACCESS) + offs, y, mask=mask)
     else:
-        tl.store(addr.to(tl.pointer_type(tl.float16)) + offs, x.to(tl.float16), mask=mask)
+        tl.store(typed(addr, tl.float16, ACCESS) + offs, x.to(tl.float16), mask=mask)
 
 
 @triton.jit
@@ -155,7 +213,7 @@ def rounding_noise(per_step, index):
 
 
 @triton.jit
-def store_stochastic(addr, offs, x, noise, mask, code):
+def store_stochastic(addr, offs, x, noise, mask, code, ACCESS: tl.constexpr):
     """Store float32 ``x`` as 16-bit dtype ``code`` rounded up or down at random
     (equations.stochastic_round), with 16 random bits ``noise`` per element: added below the
     bits that bfloat16 keeps; for float16 their top 13 below its 10 mantissa bits, and below
@@ -164,7 +222,7 @@ def store_stochastic(addr, offs, x, noise, mask, code):
     bits = x.to(tl.uint32, bitcast=True)
     if code == 1:
         y = ((bits + noise) >> 16).to(tl.int32, bitcast=True).to(tl.int16)
-        tl.store(addr.to(tl.pointer_type(tl.int16)) + offs, y, mask=mask)
+        tl.store(typed(addr, tl.int16, ACCESS) + offs, y, mask=mask)
     else:
         small = tl.abs(x) < 6.103515625e-05  # 2⁻¹⁴
         # scaled by powers of two: exact, and no division (see div); below 2¹⁰ + 1 and not
@@ -181,7 +239,7 @@ def store_stochastic(addr, offs, x, noise, mask, code):
         infinite = (nonfinite(wide) != 0.0) & (wide == wide)
         overflow = infinite & (nonfinite(nearest.to(tl.float32)) == 0.0)
         h = tl.where(overflow, nearest, h)
-        tl.store(addr.to(tl.pointer_type(tl.float16)) + offs, h, mask=mask)
+        tl.store(typed(addr, tl.float16, ACCESS) + offs, h, mask=mask)
 
 
 @triton.jit
@@ -279,14 +337,130 @@ def slice_start(d, s):
 
 
 @triton.jit
-def step_direction(d, g, offs, mask, bias, hp, GRAD_MOMENTUM: tl.constexpr):
-    """D_t (G, or Adam's m̂_t as the state will store it) and m_t."""
+def slice_of_entry(d, k, rows):
+    """The slice of entry ``k`` of an R-shaped (``rows``: n) or C-shaped (m) buffer laid out
+    ``(A, rows, B, 1, C)`` (or ``(A, 1, B, rows, C)``, the same order)."""
+    bb, cc = tl.load(d + F_B), tl.load(d + F_C)
+    a = k // (rows * bb * cc)
+    return a * bb * cc + k % (bb * cc)
+
+
+@triton.jit
+def block_offsets(base, rs, cs, rows, col0, cols, ACCESS: tl.constexpr):
+    """Offsets of a block of ``rows`` × ``col0 + cols`` of a slice starting at ``base`` (rows
+    ``rs`` apart, columns ``cs``): VECTOR (columns contiguous, every row start a multiple of
+    ``VECTOR``) hinted so that ``VECTOR`` columns are read at once; CONTIGUOUS known to run
+    along the columns (so that a warp reads a row's consecutive elements); else strided."""
+    if ACCESS == A_VECTOR:
+        offs = base + rows[:, None].to(tl.int64) * rs + (col0 + cols)[None, :]
+        offs = tl.multiple_of(offs, [1, VECTOR])
+    elif ACCESS == A_CONTIGUOUS:
+        offs = base + rows[:, None].to(tl.int64) * rs + (col0 + cols)[None, :]
+    else:
+        offs = base + rows[:, None].to(tl.int64) * rs + ((col0 + cols) * cs)[None, :]
+    return offs
+
+
+@triton.jit
+def column_mask(cols, ncols, ACCESS: tl.constexpr):
+    """``cols < ncols``; read VECTOR (``ncols`` then a multiple of ``VECTOR``), written so that
+    the compiler sees it constant over each group of ``VECTOR`` columns."""
+    return (cols // VECTOR) * VECTOR < ncols if ACCESS == A_VECTOR else cols < ncols
+
+
+@triton.jit
+def flat_block(e, end, R: tl.constexpr, ACCESS: tl.constexpr):
+    """Offsets and mask of the ``R × BLOCK_C`` elements of a flat tensor from ``e`` (before
+    ``end``); read VECTOR (``e`` and ``end`` multiples of ``VECTOR``) hinted as above."""
+    lane = tl.arange(0, R)[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    if ACCESS == A_VECTOR:
+        offs = tl.multiple_of(e + lane, [1, VECTOR])
+        mask = e + (lane // VECTOR) * VECTOR < end
+    else:
+        offs = e + lane
+        mask = offs < end
+    return offs, mask
+
+
+@triton.jit
+def step_direction(
+    g, m_at, mcode, offs, mask, bias, w1, GRAD_MOMENTUM: tl.constexpr, ACCESS: tl.constexpr
+):
+    """D_t (G, or Adam's m̂_t as the state will store it) and m_t (``w1 = 1 − β1``)."""
     if GRAD_MOMENTUM:
-        mcode = tl.load(d + F_MOMENTUM_DTYPE)
-        m_old = load_f32(tl.load(d + F_MOMENTUM), offs, mask, mcode)
-        m = as_stored(lerp(m_old, g, 1.0 - tl.load(hp + H_BETA1)), mcode)
+        m_old = load_f32(m_at, offs, mask, mcode, ACCESS)
+        m = as_stored(lerp(m_old, g, w1), mcode)
         direction = m * bias
     else:
         m = g
         direction = g
     return direction, m
+
+
+# --- Sums over a tensor's tiles, in a fixed order ---------------------------------------------
+
+
+@triton.jit
+def sum_tiles(tile_sums, first, count, field_a, field_b):
+    """The sums of ``field_a`` and of ``field_b`` over ``count`` tiles from ``first``, in a
+    fixed order, ``LANES`` tiles at a time (one pass)."""
+    a = tl.zeros([LANES], dtype=tl.float32)
+    b = tl.zeros([LANES], dtype=tl.float32)
+    for k in range(0, count, LANES):
+        idx = k + tl.arange(0, LANES)
+        at = (first + idx.to(tl.int64)) * S_FIELDS
+        a += tl.load(tile_sums + at + field_a, mask=idx < count, other=0.0)
+        b += tl.load(tile_sums + at + field_b, mask=idx < count, other=0.0)
+    return tl.sum(a, axis=0), tl.sum(b, axis=0)
+
+
+@triton.jit
+def slice_sums(tile_sums, first, per, col_tiles, s0, n_slices):
+    """Per slice ``s0 + lane`` (``n_slices`` of them, each of ``per`` tiles from ``first +
+    s·per``, ``col_tiles`` to a row of tiles), in one pass over their tiles (``per ≤ WIDE``):
+    Σ (G/√numel)², Σ X² at both scales, and Σ R_{t−1}/n over its first column of tiles."""
+    lanes = tl.arange(0, LANES)
+    at = (first + (s0 + lanes) * per) * S_FIELDS
+    mask = lanes < n_slices
+    total = tl.zeros([LANES], dtype=tl.float32)
+    up = tl.zeros([LANES], dtype=tl.float32)
+    down = tl.zeros([LANES], dtype=tl.float32)
+    old = tl.zeros([LANES], dtype=tl.float32)
+    for k in range(0, per):
+        here = at + k * S_FIELDS
+        total += tl.load(tile_sums + here + S_TOTAL, mask=mask, other=0.0)
+        up += tl.load(tile_sums + here + S_UP, mask=mask, other=0.0)
+        down += tl.load(tile_sums + here + S_DOWN, mask=mask, other=0.0)
+        first_column = (k % col_tiles) == 0
+        old += tl.where(first_column, tl.load(tile_sums + here + S_OLD, mask=mask, other=0.0), 0.0)
+    return total, up, down, old
+
+
+@triton.jit
+def one_slice_sums(tile_sums, first, per, col_tiles):
+    """``slice_sums`` of one slice of ``per`` tiles from ``first`` (``per > WIDE``), with
+    lanes over its tiles."""
+    total = tl.zeros([LANES], dtype=tl.float32)
+    up = tl.zeros([LANES], dtype=tl.float32)
+    down = tl.zeros([LANES], dtype=tl.float32)
+    old = tl.zeros([LANES], dtype=tl.float32)
+    for k in range(0, per, LANES):
+        idx = k + tl.arange(0, LANES)
+        mask = idx < per
+        here = (first + idx.to(tl.int64)) * S_FIELDS
+        total += tl.load(tile_sums + here + S_TOTAL, mask=mask, other=0.0)
+        up += tl.load(tile_sums + here + S_UP, mask=mask, other=0.0)
+        down += tl.load(tile_sums + here + S_DOWN, mask=mask, other=0.0)
+        old += tl.load(tile_sums + here + S_OLD, mask=mask & (idx % col_tiles == 0), other=0.0)
+    return tl.sum(total, axis=0), tl.sum(up, axis=0), tl.sum(down, axis=0), tl.sum(old, axis=0)
+
+
+@triton.jit
+def field_of_slices(tile_sums, first, per, field, s0, n_slices):
+    """Per slice ``s0 + lane`` the sum of ``field`` over its ``per`` tiles (one pass)."""
+    lanes = tl.arange(0, LANES)
+    at = (first + (s0 + lanes) * per) * S_FIELDS + field
+    acc = tl.zeros([LANES], dtype=tl.float32)
+    for k in range(0, per):
+        acc += tl.load(tile_sums + at + k * S_FIELDS, mask=lanes < n_slices, other=0.0)
+    return acc
