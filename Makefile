@@ -25,8 +25,9 @@ demo: install
 bench: install
 	$(VENV)/bin/adafactor bench
 
+# One worker per core; each test file on one worker, so that a module's fixtures run once.
 test: install lint
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto --dist loadfile
 
 # ruff (the rules in pyproject.toml), the formatter, and mypy on the package.
 lint: install
