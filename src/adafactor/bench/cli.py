@@ -18,7 +18,7 @@ from .chart import chart
 from .child import child_main
 from .machine import check_device, machine_info
 from .report import floors_table, markdown_table
-from .runner import Plan, run_cases
+from .runner import Plan, add_run_options, run_cases
 from .sets import DEFAULT_SETS, DTYPES, NAMED_SETS, QUICK_SETS, set_info
 from .summary import rows_from_runs
 from .timing import copy_bandwidth
@@ -56,14 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="where parameters, gradients and the step live (default: %(default)s)",
     )
-    parser.add_argument("--repeats", type=int, help="subprocess runs per case (default 3)")
-    parser.add_argument("--steps", type=int, help="timed steps per run (default 5)")
-    parser.add_argument(
-        "--warmup", type=int, help="untimed steps per run, first included (default 2)"
-    )
-    parser.add_argument(
-        "--threads", type=int, help="torch threads in each child (default: torch's own)"
-    )
+    add_run_options(parser)
     parser.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
     parser.add_argument(
         "--out", default="bench", metavar="DIR", help="output directory (default: %(default)s)"

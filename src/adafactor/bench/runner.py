@@ -6,6 +6,7 @@ so that a change of machine load hits every candidate alike.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import statistics
@@ -18,6 +19,19 @@ from . import candidates
 from .child import spawn
 
 CaseKey = tuple[str, str, str]  # set, dtype, candidate
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of how each case runs, the same for every benchmark: subprocess runs,
+    timed and untimed steps, torch threads."""
+    parser.add_argument("--repeats", type=int, help="subprocess runs per case (default 3)")
+    parser.add_argument("--steps", type=int, help="timed steps per run (default 5)")
+    parser.add_argument(
+        "--warmup", type=int, help="untimed steps per run, first included (default 2)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads in each child (default: torch's own)"
+    )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 from .chart import training_chart
 from .child import child_main, spawn
 from .machine import check_device, machine_info
-from .runner import child_env
+from .runner import add_run_options, child_env
 from .sets import DTYPES
 from .training import CANDIDATES, DEFAULT_MODELS, MODELS, QUICK_MODELS, run_training_child
 from .training_report import (
@@ -80,14 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default: all ({', '.join(CANDIDATES)})",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--repeats", type=int, help="subprocess runs per case (default 3)")
-    parser.add_argument("--steps", type=int, help="timed steps per run (default 5)")
-    parser.add_argument(
-        "--warmup", type=int, help="untimed steps per run, first included (default 2)"
-    )
-    parser.add_argument(
-        "--threads", type=int, help="torch threads in each child (default: torch's own)"
-    )
+    add_run_options(parser)
     parser.add_argument(
         "--breakdown",
         action="store_true",
