@@ -7,6 +7,9 @@ every group's work and checks all of it before anything changes.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,6 +41,7 @@ from .options import (
     Rounding,
     WeightDecayScale,
     check_tensor_lr_value,
+    checked_lr,
     plain_numbers,
     validate_options,
 )
@@ -51,7 +55,8 @@ from .state_dicts import (
     fits,
     normalized_state_dict,
 )
-from .step import Entry, FastPath, group_step
+from .steady import Steady, state_dicts
+from .step import Entry, FastPath, group_step, group_step_again
 
 _DOC = r"""Adafactor (Shazeer & Stern, ICML 2018), faithful to the paper by default.
 
@@ -155,6 +160,8 @@ class Adafactor(Optimizer):
         super().__init__(params, defaults)
         self.diagnostics: dict[Tensor, dict[str, Tensor]] = {}
         self._plans: dict[Any, PlanCache] = {}  # the group kernels' tables, per group
+        self._steady: dict[Any, Steady] = {}  # per plan, what its last step found
+        self._state_dicts: list[int] = []  # steady.state_dicts after the last whole step
         self._validated: dict[int, _Options] = {}
         self._fitted: dict[int, tuple[Tensor, tuple[Any, ...], tuple[Any, ...]]] = {}
         self._accumulation_steps = accumulation_steps
@@ -167,6 +174,8 @@ class Adafactor(Optimizer):
         self.__dict__.setdefault("_accumulation_steps", 1)
         self._validated = {}
         self._fitted = {}
+        self._steady = {}
+        self._state_dicts = []
         self._in_backward = None  # hooks are not pickled: a copy steps in step()
         self._where = {
             id(p): (g, i)
@@ -365,6 +374,8 @@ class Adafactor(Optimizer):
 
     def _step_selected(self, only: list[Tensor] | None) -> None:
         """Step every parameter that holds a gradient, or those of ``only``."""
+        if self._step_again(only):
+            return
         work = self._gather(only)
         # Every group's way of stepping is settled before any group steps, so that a group
         # whose kernels cannot be had (fused=True) raises before anything changes.
@@ -378,12 +389,102 @@ class Adafactor(Optimizer):
                     state.update(
                         {k: zeros_like_state(p, s) for k, s in self.layout(p, group).items()}
                     )
-        for (_, group, params, options), fast in zip(work, paths):
+        for (key, group, params, options), fast in zip(work, paths):
             distributed = any(map(is_distributed, params))
             applied = self._tensor_steps(fast, group, params, options, distributed)
             if group["diagnostics"]:
                 for p, result in zip(params, applied):
                     self._record(p, result, group)
+            self._remember(key, group, params, options, fast, distributed)
+        if only is None and not torch.compiler.is_compiling():
+            self._state_dicts = state_dicts(self.state)
+
+    def _step_again(self, only: list[Tensor] | None) -> bool:
+        """Step as the last step did where every selected group's ``Steady`` record holds
+        (``steady.py``): the host's work then hardly grows with the number of tensors. False,
+        with nothing changed, where one does not."""
+        if torch.compiler.is_compiling() or not self._steady:  # tracing: no Python to spare
+            return False
+        if only is None:
+            keys: list[tuple[Any, int]] = [(g, g) for g in range(len(self.param_groups))]
+        elif len(only) == 1:
+            g_index, p_index = self._where[id(only[0])]
+            keys = [((g_index, p_index), g_index)]
+        else:
+            return False
+        ready = []
+        for key, g_index in keys:
+            steady = self._steady.get(key)
+            if steady is None:
+                return False
+            group = self.param_groups[g_index]
+            options = self._options(g_index)
+            grads = steady.gradients(group["params"], options.fixed)
+            if grads is None:
+                return False
+            if steady.path is None:  # nothing held a gradient
+                continue
+            device = steady.params[0].device
+            if backend_for(group["fused"], device) is not steady.path.backend:
+                return False
+            ready.append((steady, grads, group, options))
+        # Each parameter's state in the dict recorded: one list for a whole step, one
+        # lookup for a single parameter's.
+        if only is None:
+            if state_dicts(self.state) != self._state_dicts:
+                return False
+        elif ready and self.state.get(only[0]) is not ready[0][0].dicts[0]:
+            return False
+        plans = [steady.plan_with(grads) for steady, grads, _, _ in ready]
+        if any(plan is None for plan in plans):
+            return False
+        for (steady, _, group, options), plan in zip(ready, plans):
+            assert steady.path is not None and plan is not None
+            fast = FastPath(steady.path.backend, steady.path.cache, options.hp)
+            entries = functools.partial(self._entries, group, steady.params, options, False)
+            group_step_again(fast, plan, entries)
+        return True
+
+    def _remember(
+        self,
+        key: Any,
+        group: Mapping[str, Any],
+        params: list[Tensor],
+        options: _Options,
+        fast: FastPath | None,
+        distributed: bool,
+    ) -> None:
+        """Keep what this step of a selection found (``steady.Steady``) where its next step
+        can repeat it: every tensor held whole and taken by the kernels as it is, no
+        diagnostics to record and no values to check."""
+        if torch.compiler.is_compiling():  # the records are the eager steps'
+            return
+        self._steady.pop(key, None)
+        if (
+            distributed
+            or group["diagnostics"]
+            or group["nonfinite_grad"] == "raise"
+            or (isinstance(key, tuple) and key[1] == "some")
+        ):
+            return
+        if params:
+            cache = None if fast is None else fast.cache
+            if (
+                cache is None
+                or cache.plan is None
+                or cache.admitted is None
+                or not all(cache.admitted[1])
+                or not all(p.grad is not None and p.grad.is_contiguous() for p in params)
+            ):
+                return
+        if isinstance(key, tuple):  # one parameter's, for its hook
+            idle = []
+        else:
+            stepped = set(map(id, params))
+            idle = [p for p in group["params"] if id(p) not in stepped]
+        self._steady[key] = Steady(
+            group["params"], params, idle, fast if params else None, options.fixed, self.state
+        )
 
     def _options(self, g_index: int) -> _Options:
         """Group ``g_index``'s options, validated: checked again only when one of its values
@@ -396,8 +497,13 @@ class Adafactor(Optimizer):
             return _Options(group, (), Hyperparameters.from_group(group))
         key = tuple(map(id, map(group.__getitem__, DEFAULTS)))
         cached = self._validated.get(g_index)
-        if cached is not None and cached.key == key and cached.group is group:
-            return cached
+        if cached is not None and cached.group is group:
+            if cached.key == key:
+                return cached
+            if cached.fixed == _without_lr(key):  # a scheduler's new lr: it alone is checked
+                options = cached.with_lr(g_index)
+                self._validated[g_index] = options
+                return options
         validate_options(group, where=f"param_groups[{g_index}]")
         plain_numbers(group)  # a numpy scalar set since, e.g. by a sweep tool
         key = tuple(map(id, map(group.__getitem__, DEFAULTS)))
@@ -430,6 +536,15 @@ class Adafactor(Optimizer):
     ) -> list[Applied]:
         """A group through per-tensor steps: the eager ones, the kernels for the tensors they
         take, the partial sums of distributed tensors completed between phases."""
+        entries = self._entries(group, params, options, distributed)
+        return group_step(
+            entries, complete_sums if distributed else None, fast, report=group["diagnostics"]
+        )
+
+    def _entries(
+        self, group: Mapping[str, Any], params: list[Tensor], options: _Options, distributed: bool
+    ) -> list[Entry]:
+        """Each parameter's part in its group's step (each holds a gradient)."""
         entries = []
         for p in params:
             dtype = state_dtype(p.dtype)
@@ -450,9 +565,7 @@ class Adafactor(Optimizer):
                     self._stream(p),
                 )
             )
-        return group_step(
-            entries, complete_sums if distributed else None, fast, report=group["diagnostics"]
-        )
+        return entries
 
     def _still_fits(self, p: Tensor, group: Mapping[str, Any], state: dict[str, Any]) -> bool:
         """Whether ``state`` fits ``p``'s layout, as ``fits`` says, checked again only when
@@ -472,11 +585,18 @@ class Adafactor(Optimizer):
             tuple(map(id, state.values())),
         )
         memo = self._fitted.get(id(p))
-        if memo is not None and memo[0] is p and memo[1] == key:
+        if (
+            memo is not None
+            and memo[0] is p
+            and memo[1] == key
+            and all(ref() is not None for ref in memo[2])  # their ids are still theirs
+        ):
             return True
         if not fits(state, self.layout(p, group)):
             return False
-        self._fitted[id(p)] = (p, key, tuple(state.values()))  # kept: their ids stay theirs
+        # Watched, not held: state moved elsewhere (offloaded, say) is not kept alive here.
+        watched = tuple(weakref.ref(v) for v in state.values() if isinstance(v, Tensor))
+        self._fitted[id(p)] = (p, key, watched)
         return True
 
     def _stream(self, p: Tensor) -> int:
@@ -609,6 +729,7 @@ class Adafactor(Optimizer):
             self._optimizer_load_state_dict_pre_hooks = hooks
         self._plans.clear()
         self._fitted.clear()
+        self._steady.clear()
 
         groups_by_id = {
             pid: group
@@ -645,12 +766,25 @@ def _overlaps(p: Tensor) -> bool:
 
 
 class _Options:
-    """A group's options as validated (``key``: the identities of its values then) and as
-    the step reads them, numbers as 0-d tensors per device and dtype."""
+    """A group's options as validated (``key``: the identities of its values then; ``fixed``:
+    those but ``lr``'s) and as the step reads them, numbers as 0-d tensors per device and
+    dtype."""
 
-    def __init__(self, group: Mapping[str, Any], key: tuple[int, ...], hp: Hyperparameters):
+    def __init__(self, group: dict[str, Any], key: tuple[int, ...], hp: Hyperparameters):
         self.group, self.key, self.hp = group, key, hp
+        self.fixed = _without_lr(key)
         self._tensors: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
+
+    def with_lr(self, g_index: int) -> _Options:
+        """These options with the group's ``lr`` now (the only one changed), checked.
+
+        Raises:
+            ValueError: the new ``lr`` is invalid (naming it, as ``validate_options``).
+        """
+        group = self.group
+        lr = checked_lr(group, where=f"param_groups[{g_index}]")
+        key = tuple(map(id, map(group.__getitem__, DEFAULTS)))
+        return _Options(group, key, dataclasses.replace(self.hp, lr=lr))
 
     def as_tensors(self, device: torch.device, dtype: torch.dtype) -> Hyperparameters:
         """``hp.as_tensors(device, dtype)``, made once; a Tensor ``lr`` is read anew each
@@ -661,6 +795,13 @@ class _Options:
         if where not in self._tensors:
             self._tensors[where] = self.hp.as_tensors(device, dtype)
         return self._tensors[where]
+
+
+_LR = list(DEFAULTS).index("lr")
+
+
+def _without_lr(key: tuple[int, ...]) -> tuple[int, ...]:
+    return key[:_LR] + key[_LR + 1 :]
 
 
 _NOT_UPDATED = (

@@ -621,6 +621,21 @@ def validate_options(options: Mapping[str, Any], where: str = "Adafactor") -> No
         )
 
 
+def checked_lr(group: dict[str, Any], where: str) -> Any:
+    """``group``'s ``lr`` as ``validate_options`` and ``plain_numbers`` leave it (a numpy
+    scalar written back as a Python number), for a scheduler's new value when it is the only
+    option changed.
+
+    Raises:
+        ValueError: it is invalid (naming it, as ``validate_options`` would).
+    """
+    group["lr"] = lr = _plain(group["lr"])
+    reason = BY_NAME["lr"].check(lr)
+    if reason is not None:
+        raise ValueError(f"{where}: lr={lr!r} is invalid: {reason}")
+    return lr
+
+
 def check_tensor_lr_value(lr: Any, where: str) -> None:
     """Check a Tensor ``lr``'s value once (reading it waits for its device), where it is
     given: the constructor and ``add_param_group``."""

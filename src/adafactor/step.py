@@ -22,6 +22,7 @@ from torch import Tensor
 from .distributed import LocalSum, summed_dims
 from .kernels import group as kernel_group
 from .kernels.group import PlanCache, admits
+from .kernels.plan import Plan
 from .options import Hyperparameters
 from .phases import (
     Applied,
@@ -122,7 +123,7 @@ def group_step(
     run = plan = None
 
     def members() -> list[kernel_group.Member]:
-        return kernel_group.step_members([tensor_step(e) for e in together])
+        return kernel_members(together)
 
     if fast is not None and together:
         plan = fast.cache.plan_for(
@@ -174,6 +175,21 @@ def group_step(
     kernel_results = iter(kernel_group.applied(run) if run else [])
     eager_results = iter(eager)
     return [next(kernel_results) if c else next(eager_results) for c in chosen]
+
+
+def group_step_again(fast: FastPath, plan: Plan, entries: Callable[[], Sequence[Entry]]) -> None:
+    """A group's step again as its last one (``steady.py``): every tensor held whole and taken
+    by the kernels, ``plan`` theirs with this step's gradients; ``entries()`` made only should
+    the kernels fail to launch and the tensors step eagerly."""
+    kernel_group.kernel_step(
+        fast.backend, fast.cache, plan, fast.hp, lambda: kernel_members(entries())
+    )
+
+
+def kernel_members(entries: Sequence[Entry]) -> list[kernel_group.Member]:
+    """The kernels' view of ``entries`` (made only where needed: views cost more than a kernel
+    launch)."""
+    return kernel_group.step_members([tensor_step(e) for e in entries])
 
 
 def _admitted(

@@ -5,6 +5,9 @@ three calls, with the partial sums handed out for completion between them.
 
 from __future__ import annotations
 
+import functools
+import operator
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -27,12 +30,13 @@ from .errors import KernelBuildError
 from .plan import (
     DTYPE_CODES,
     GRAD_CODES,
+    VECTOR_BYTES,
+    Access,
     Field,
     Geometry,
     Member,
     Plan,
     build_plan,
-    with_gradients,
 )
 
 
@@ -117,6 +121,9 @@ class PlanCache:
         self.admitted: tuple[tuple[Any, ...], list[bool]] | None = None  # signature, choices
         self.plan: Plan | None = None
         self.grads: list[int] = []
+        self._vector: list[int] = []  # the tensors read by vectors but for their gradients
+        self._misaligned: list[int] = []  # those of them whose gradients were not aligned
+        self._grad_column = torch.empty(0, dtype=torch.int64)  # the plan's, on the host
         self.held: list[Any] = []
 
     def plan_for(
@@ -128,29 +135,45 @@ class PlanCache:
         geometry: Geometry,
     ) -> Plan:
         """The plan of ``members()`` in tiles of ``geometry`` (the backend's), rebuilt only if
-        ``signature`` (storages, shapes, dtypes) changed; the gradients' pointers (new tensors
-        every step after ``zero_grad()``) are refreshed."""
-        pointers = [g.data_ptr() for g in grads]
+        ``signature`` (storages, shapes, dtypes) changed or a gradient's alignment moved its
+        tiles to another launch; the gradients' pointers (new tensors every step after
+        ``zero_grad()``) are refreshed."""
+        pointers = list(map(Tensor.data_ptr, grads))
         geometry = self.geometry or geometry
         signature = (*signature, geometry)
-        if self.plan is None or signature != self.signature:
-            self.plan = build_plan(members(), geometry, device)
-            self.signature, self.grads = signature, pointers
-            return self.plan
-        if pointers != self.grads:
-            if with_gradients(self.plan.access, pointers) != self.plan.tensors_access:
-                # A gradient's alignment changed: its tiles move to another launch.
-                self.plan = build_plan(members(), geometry, device)
-                self.grads = pointers
-                return self.plan
-            self.grads = pointers
-            host = self.plan.host_descriptors
-            host[:, Field.GRAD] = torch.tensor(pointers, dtype=torch.int64)
-            if self.plan.descriptors is not host:
-                pinned = host.pin_memory()
-                self.plan.descriptors.copy_(pinned, non_blocking=True)
-                self.hold(pinned)
+        if self.plan is not None and signature == self.signature:
+            plan = self.with_gradients(pointers)
+            if plan is not None:
+                return plan
+        self.plan = build_plan(members(), geometry, device)
+        self.signature, self.grads = signature, pointers
+        self._vector = [i for i, a in enumerate(self.plan.access) if a == Access.VECTOR]
+        self._misaligned = [i for i in self._vector if self.plan.tensors_access[i] != Access.VECTOR]
+        self._grad_column = self.plan.host_descriptors[:, Field.GRAD]
         return self.plan
+
+    def with_gradients(self, pointers: list[int]) -> Plan | None:
+        """The plan, its gradients' pointers set to ``pointers``; ``None`` (nothing written)
+        where a gradient's alignment differs from the plan's (its tiles belong to another
+        launch: the plan must be built again). Python's work here does not grow with the
+        number of tensors but for reading the list."""
+        plan = self.plan
+        assert plan is not None
+        if pointers == self.grads:
+            return plan
+        # Mostly every gradient is aligned, as every one was: one pass over the pointers.
+        if functools.reduce(operator.or_, pointers) % VECTOR_BYTES or self._misaligned:
+            misaligned = [i for i in self._vector if pointers[i] % VECTOR_BYTES]
+            if misaligned != self._misaligned:
+                return None
+        self.grads = pointers
+        self._grad_column.copy_(torch.frombuffer(array("q", pointers), dtype=torch.int64))
+        host = plan.host_descriptors
+        if plan.descriptors is not host:
+            pinned = host.pin_memory()
+            plan.descriptors.copy_(pinned, non_blocking=True)
+            self.hold(pinned)
+        return plan
 
     def hold(self, host_buffer: Any) -> None:
         """Keep ``host_buffer`` (or what holds it: a backend's ``Numbers``) alive as long as

@@ -127,6 +127,8 @@ WIDE = 64
 """A slice of more tiles than this gets a SLICES job of its own, with lanes over its tiles."""
 ALIGNMENT = 4
 """Elements read at once from a tensor whose row starts are multiples of this (``access``)."""
+VECTOR_BYTES = 16
+"""The boundary at which every tensor read by vectors starts (``access``)."""
 
 
 class Access(IntEnum):
@@ -325,7 +327,7 @@ def access(member: Member, geometry: Geometry) -> Access:
         contiguous, multiple = c == 1, m % ALIGNMENT == 0
     if not contiguous:
         return Access.STRIDED
-    unaligned = any(t.data_ptr() % 16 for t in pointers) or geometry.cols % ALIGNMENT
+    unaligned = any(t.data_ptr() % VECTOR_BYTES for t in pointers) or geometry.cols % ALIGNMENT
     return Access.CONTIGUOUS if unaligned or not multiple else Access.VECTOR
 
 
@@ -333,7 +335,8 @@ def with_gradients(static: Sequence[Access], pointers: Sequence[int]) -> list[Ac
     """Per tensor, its ``access`` (``static``) with its gradient at ``pointers``: VECTOR only
     where the gradient starts at a 16-byte boundary too."""
     return [
-        Access.CONTIGUOUS if a == Access.VECTOR and p % 16 else a for a, p in zip(static, pointers)
+        Access.CONTIGUOUS if a == Access.VECTOR and p % VECTOR_BYTES else a
+        for a, p in zip(static, pointers)
     ]
 
 

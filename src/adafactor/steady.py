@@ -1,0 +1,103 @@
+"""A selection's step again, as the last one: the host's work that need not grow with the
+number of tensors.
+
+A step through the group kernels checks every gradient and state tensor, decides which
+tensors the kernels take and plans their tiles. All of that depends on the tensors' memory,
+dtypes, shapes and layouts and on the group's options, not on their values, and from one step
+to the next usually only the gradients are new tensors (``zero_grad()`` frees them). A
+``Steady`` record keeps what a selection's last step found (a group's, or one parameter's for
+a hook inside the backward pass) with the key that says it still holds, compared as a few
+lists; while it holds, the step reads each gradient's pointer and goes to the kernels: no
+per-tensor entries, views, signatures or checks in Python beyond those lists.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from itertools import chain
+from operator import attrgetter
+from typing import Any
+
+from torch import Tensor
+
+from .kernels.plan import Plan
+from .step import FastPath
+
+_grad = attrgetter("grad")
+_layout = attrgetter("dtype", "shape", "device")
+
+
+class Steady:
+    """What a selection's last step through the kernels found, and its key: the group's list
+    of parameters, those of the selection that stepped (each had a gradient) and those that
+    had none (``idle``), the options and kernels; every stepped parameter's memory, its
+    gradient's dtype, shape and device (and that both are contiguous), its state's dict and
+    the tensors in it. The state tensors are watched, not held: one given back ends the record,
+    so that no other tensor can pass for it by taking its ``id``, and state moved elsewhere
+    (offloaded, say) is not kept alive here."""
+
+    def __init__(
+        self,
+        members: list[Tensor],
+        params: list[Tensor],
+        idle: list[Tensor],
+        path: FastPath | None,
+        fixed: tuple[int, ...],
+        states: Mapping[Tensor, dict[str, Any]],
+    ) -> None:
+        self.members, self.count = members, len(members)
+        self.params, self.idle, self.path, self.fixed = params, idle, path, fixed
+        self.layouts = list(map(_layout, map(_grad, params)))
+        self.pointers = list(map(Tensor.data_ptr, params))
+        self.dicts = [states[p] for p in params]
+        values = _values(self.dicts)
+        self.state_ids = list(map(id, values))
+        live = self.live = [True]
+
+        def ended(_: object) -> None:
+            live[0] = False
+
+        self._watch = [weakref.ref(v, ended) for v in values if isinstance(v, Tensor)]
+
+    def gradients(self, members: list[Tensor], fixed: tuple[int, ...]) -> list[Tensor] | None:
+        """This step's gradients when nothing but their memory changed since the recorded
+        step (``fixed``: the identities of the group's options but ``lr``, which a scheduler
+        writes every step), else ``None``; the caller has seen that each parameter's state is
+        still in the dict recorded. Reads, changes nothing."""
+        if not (
+            self.live[0]
+            and members is self.members
+            and len(members) == self.count
+            and fixed == self.fixed
+            and all(p.grad is None for p in self.idle)
+        ):
+            return None
+        grads = list(map(_grad, self.params))
+        try:  # a parameter without a gradient, or a sparse one, raises here
+            same = (
+                list(map(_layout, grads)) == self.layouts
+                and all(map(Tensor.is_contiguous, grads))
+                and list(map(Tensor.data_ptr, self.params)) == self.pointers
+                and all(map(Tensor.is_contiguous, self.params))
+                and list(map(id, _values(self.dicts))) == self.state_ids
+            )
+        except (AttributeError, TypeError, RuntimeError):
+            return None
+        return grads if same else None
+
+    def plan_with(self, grads: list[Tensor]) -> Plan | None:
+        """The kernels' plan with ``grads`` written in, or ``None`` where a gradient's
+        alignment moved its tiles to another launch (the whole step builds it again)."""
+        assert self.path is not None
+        return self.path.cache.with_gradients(list(map(Tensor.data_ptr, grads)))
+
+
+def state_dicts(states: Mapping[Tensor, dict[str, Any]]) -> list[int]:
+    """Which dict holds each parameter's state, in order (Python hashes a tensor slowly: one
+    list of every parameter's, cheaper than looking each one up)."""
+    return list(map(id, states.values()))
+
+
+def _values(dicts: Sequence[dict[str, Any]]) -> list[Any]:
+    return list(chain.from_iterable(map(dict.values, dicts)))

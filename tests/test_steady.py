@@ -1,0 +1,328 @@
+"""A step that repeats the last one (``adafactor.steady``): while nothing but the gradients'
+memory changed, a group steps through the kernels without re-checking, re-admitting or
+re-planning its tensors. It launches exactly what the whole step launches (bit for bit), it
+follows the eager step, and every change that the whole step would see (an option, a
+parameter's memory, a gradient's dtype or layout, a state tensor or dict, a parameter that
+gains or loses its gradient) makes it step the whole way instead.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+import adafactor.kernels
+from adafactor import Adafactor
+from adafactor.kernels import KernelBuildError, KernelBuildWarning, cpu
+from adafactor.kernels import group as kernel_group
+from adafactor.kernels.plan import Access
+from adafactor.optimizer import Adafactor as Optimizer
+from helpers import use_step_path
+
+KERNEL_PATHS = ["cpu-kernels", "triton-kernels"]
+SHAPES = [(37, 29), (7,), (3, 8, 6), (5, 4)]
+STEPS = 5
+CHANGE_AT = 3  # the step before which a scenario changes something
+
+
+def _kept_state_clone(params: list[torch.nn.Parameter], opt: Adafactor) -> None:
+    state = opt.state[params[0]]
+    _kept.append(state["exp_avg_sq_row"])  # the old tensor stays alive elsewhere
+    state["exp_avg_sq_row"] = state["exp_avg_sq_row"].clone()
+
+
+_kept: list[torch.Tensor] = []
+
+
+def _set(params, opt, key, value):
+    opt.param_groups[0][key] = value
+
+
+Change = Callable[[list[torch.nn.Parameter], Adafactor], None]
+SCENARIOS: dict[str, tuple[Change, bool]] = {
+    # name: (what changes once the step's gradients are set, whether that step repeats)
+    "nothing": (lambda ps, opt: None, True),
+    "lr": (lambda ps, opt: _set(ps, opt, "lr", 3e-4), True),
+    "numpy-lr": (lambda ps, opt: _set(ps, opt, "lr", np.float64(2e-4)), True),
+    "option": (lambda ps, opt: _set(ps, opt, "clip_threshold", 0.5), False),
+    "gradient-dropped": (lambda ps, opt: setattr(ps[1], "grad", None), False),
+    "idle-gains-gradient": (lambda ps, opt: setattr(ps[-1], "grad", torch.ones(6, 3)), False),
+    "parameter-memory": (lambda ps, opt: setattr(ps[0], "data", ps[0].data.clone()), False),
+    "gradient-dtype": (
+        lambda ps, opt: setattr(ps[0].grad, "data", ps[0].grad.data.to(torch.bfloat16)),
+        False,
+    ),
+    "gradient-strided": (
+        lambda ps, opt: setattr(ps[0], "grad", ps[0].grad.t().contiguous().t()),
+        False,
+    ),
+    "state-replaced-kept": (_kept_state_clone, False),
+    "state-replaced": (
+        lambda ps, opt: opt.state[ps[2]].__setitem__("step", opt.state[ps[2]]["step"].clone()),
+        False,
+    ),
+    "state-dict-replaced": (
+        lambda ps, opt: opt.state.__setitem__(ps[3], dict(opt.state[ps[3]])),
+        False,
+    ),
+    "state-dict-loaded": (lambda ps, opt: opt.load_state_dict(opt.state_dict()), False),
+}
+
+
+def _run(scenario: str, fused: bool | None, repeat: bool = True, in_place: bool = False):
+    """``STEPS`` steps of two groups (the second with a parameter that never has a gradient
+    until a scenario gives it one); the parameters, the optimizer and, per step, whether it
+    repeated the last one."""
+    change, _ = SCENARIOS[scenario]
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+    idle = torch.nn.Parameter(torch.randn(6, 3, generator=gen))
+    opt = Adafactor(
+        [{"params": params[:3]}, {"params": [params[3], idle], "beta1": 0.9}],
+        lr=1e-3,
+        fused=fused,
+    )
+    repeated: list[bool] = []
+    step_again = opt._step_again
+    opt._step_again = lambda only: repeated.append(repeat and step_again(only)) or repeated[-1]
+    everything = [*params, idle]
+    for k in range(1, STEPS + 1):
+        for p in params:
+            g = torch.randn(p.shape, generator=gen) * k
+            if in_place and p.grad is not None:
+                p.grad.copy_(g)  # zero_grad(set_to_none=False): the same gradient tensors
+            else:
+                p.grad = g
+        if k == CHANGE_AT:
+            change(everything, opt)
+        opt.step()
+    return everything, opt, repeated
+
+
+def _recorded() -> tuple[list[torch.nn.Parameter], Adafactor]:
+    """An optimizer over ``SHAPES`` whose next step can repeat its last (two steps made)."""
+    params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+    opt = Adafactor(params)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert opt._steady
+    return params, opt
+
+
+def _assert_bitwise(a, b):
+    (ps, opt_a, _), (qs, opt_b, _) = a, b
+    for p, q in zip(ps, qs):
+        assert torch.equal(p, q)
+        assert opt_a.state[p].keys() == opt_b.state[q].keys()
+        for key, value in opt_a.state[p].items():
+            assert torch.equal(value, opt_b.state[q][key]), key
+
+
+def _assert_close(eager, kernels):
+    (ps, opt_e, _), (qs, opt_k, _) = eager, kernels
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)
+        for key, value in opt_e.state[p].items():
+            torch.testing.assert_close(opt_k.state[q][key], value, rtol=1e-5, atol=1e-7)
+
+
+# The interpreted Triton kernels take ~25 s a scenario: there, the two that refresh the
+# plan's gradient pointers and build it again (what differs between backends).
+CASES = [("cpu-kernels", s) for s in SCENARIOS] + [
+    ("triton-kernels", s) for s in ("nothing", "parameter-memory")
+]
+
+
+@pytest.mark.parametrize(("path", "scenario"), CASES)
+def test_a_repeated_step_is_the_whole_step_and_follows_the_eager_one(
+    path: str, scenario: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_step_path(monkeypatch, path)
+    repeating = _run(scenario, None)
+    _, repeats_at_change = SCENARIOS[scenario]
+    steps = repeating[2]
+    # The first step records; the second repeats it; the scenario's change is seen (or not).
+    assert steps[:2] == [False, True]
+    assert steps[CHANGE_AT - 1] is repeats_at_change
+    assert steps[-1] is True  # recorded again after a change, then repeated
+    _assert_bitwise(repeating, _run(scenario, None, repeat=False))
+    _assert_close(_run(scenario, False), repeating)
+
+
+@pytest.mark.parametrize("path", KERNEL_PATHS)
+def test_the_same_gradient_tensors_step_again_too(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_step_path(monkeypatch, path)
+    repeating = _run("nothing", None, in_place=True)
+    assert repeating[2][1:] == [True] * (STEPS - 1)
+    _assert_bitwise(repeating, _run("nothing", None, repeat=False, in_place=True))
+    _assert_close(_run("nothing", False, in_place=True), repeating)
+
+
+def test_a_repeated_step_makes_no_entries_signatures_or_plans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the host's time no longer spends per tensor: none of the whole step's per-tensor
+    work runs on a repeated step."""
+    use_step_path(monkeypatch, "cpu-kernels")
+    params, opt = _recorded()
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the whole step's per-tensor work ran on a repeated step")
+
+    monkeypatch.setattr(Optimizer, "_gather", refuse)
+    monkeypatch.setattr(Optimizer, "_entries", refuse)
+    monkeypatch.setattr(kernel_group, "entries_signature", refuse)
+    monkeypatch.setattr(kernel_group, "build_plan", refuse)
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert all(not torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_kernels_that_fail_on_a_repeated_step_step_eagerly_after_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_step_path(monkeypatch, "cpu-kernels")
+    eager = _run("nothing", False)
+
+    def failing(*_: object) -> None:
+        raise KernelBuildError("the numbers of a repeated step could not be made (test)")
+
+    calls: list[int] = []
+    real = cpu.numbers
+
+    def numbers(hp, device):
+        calls.append(1)
+        if len(calls) >= CHANGE_AT:
+            failing()
+        return real(hp, device)
+
+    monkeypatch.setattr(cpu, "numbers", numbers)
+    adafactor.kernels._warn_once.cache_clear()
+    with pytest.warns(KernelBuildWarning, match="repeated step"):
+        kernels = _run("nothing", None)
+    assert kernels[2][CHANGE_AT - 1] is True  # the failure came on a repeated step
+    _assert_close(eager, kernels)
+
+
+def test_a_sparse_gradient_on_a_repeated_step_is_refused_before_anything_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_step_path(monkeypatch, "cpu-kernels")
+    params, opt = _recorded()
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in params]
+    params[3].grad = params[3].grad.to_sparse()
+    with pytest.raises(ValueError, match=r"\['params'\]\[3\].*sparse"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+@pytest.mark.parametrize("path", KERNEL_PATHS)
+def test_hooks_repeat_each_parameters_step(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside the backward pass each parameter's step repeats its own last one: the same
+    trajectory as stepping the whole way every time, and as the eager step."""
+    use_step_path(monkeypatch, path)
+
+    def train(fused: bool | None, repeat: bool) -> tuple[list[torch.nn.Parameter], int]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+        opt = Adafactor(model.parameters(), lr=1e-3, fused=fused, step_in_backward=True)
+        repeated = []
+        step_again = opt._step_again
+        opt._step_again = lambda only: repeated.append(repeat and step_again(only)) or repeated[-1]
+        for _ in range(4):
+            model(torch.randn(5, 8)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        return list(model.parameters()), sum(repeated)
+
+    repeating, hits = train(None, True)
+    whole, no_hits = train(None, False)
+    eager, _ = train(False, True)
+    assert hits == 3 * len(repeating) and no_hits == 0
+    for p, q, r in zip(repeating, whole, eager):
+        assert torch.equal(p, q)
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-7)
+
+
+def test_no_record_for_what_a_step_must_look_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Diagnostics to record, values to check for NaNs, tensors that step eagerly: every step
+    goes the whole way."""
+    use_step_path(monkeypatch, "cpu-kernels")
+    for options in ({"diagnostics": True}, {"nonfinite_grad": "raise"}, {"fused": False}):
+        params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+        opt = Adafactor(params, **options)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        assert not opt._steady, options
+    params = [torch.nn.Parameter(torch.randn(4, 4, dtype=torch.float64)), *params]
+    opt = Adafactor(params)  # float64 steps eagerly beside the kernels' tensors
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert not opt._steady
+
+
+def test_replaced_state_is_not_kept_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """State moved elsewhere between steps (offloaded to the host, say) is given back: the
+    optimizer's records watch the old tensors, they do not hold them."""
+    use_step_path(monkeypatch, "cpu-kernels")
+    _, opt = _recorded()
+    refs = [weakref.ref(v) for state in opt.state.values() for v in state.values()]
+    for state in opt.state.values():
+        state.update({key: value.clone() for key, value in state.items()})
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+
+
+def test_a_gradient_that_moves_off_its_alignment_moves_its_tiles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tensor read by vectors whose new gradient starts off a 16-byte boundary is planned
+    again, read one element at a time, and back when its gradient is aligned again; each
+    step as the eager step's."""
+    use_step_path(monkeypatch, "cpu-kernels")
+
+    def gradient(shape: tuple[int, ...], k: int, aligned: bool) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(k)
+        values = torch.randn(shape, generator=gen)
+        if aligned:
+            return values
+        buffer = torch.empty(values.numel() + 1)
+        view = buffer[1:].view(shape)  # 4 bytes past the allocation's start
+        view.copy_(values)
+        return view
+
+    shapes = [(8, 16), (4, 8)]
+    runs = []
+    for fused in (None, False):
+        params = [torch.nn.Parameter(torch.ones(s)) for s in shapes]
+        opt = Adafactor(params, fused=fused)
+        access = []
+        for k, aligned in enumerate([True, True, False, False, True]):
+            params[0].grad = gradient(shapes[0], k, aligned)
+            params[1].grad = gradient(shapes[1], k + 100, True)
+            opt.step()
+            if fused is None:
+                access.append(list(opt._plans[0].plan.tensors_access))
+        runs.append((params, access))
+    (ours, access), (eager, _) = runs
+    vector, one = Access.VECTOR, Access.CONTIGUOUS
+    assert [a[0] for a in access] == [vector, vector, one, one, vector]
+    for p, q in zip(ours, eager):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
