@@ -192,27 +192,46 @@ def test_a_repeated_step_makes_no_entries_signatures_or_plans(
 def test_kernels_that_fail_on_a_repeated_step_step_eagerly_after_one_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A scheduler's new ``lr`` on a repeated step: the kernels' numbers are made again, and
+    where that fails the tensors step eagerly, as on the whole step."""
     use_step_path(monkeypatch, "cpu-kernels")
-    eager = _run("nothing", False)
-
-    def failing(*_: object) -> None:
-        raise KernelBuildError("the numbers of a repeated step could not be made (test)")
-
-    calls: list[int] = []
+    eager = _run("lr", False)
     real = cpu.numbers
 
     def numbers(hp, device):
-        calls.append(1)
-        if len(calls) >= CHANGE_AT:
-            failing()
+        if hp.lr == 3e-4:  # the scenario's new lr
+            raise KernelBuildError("the numbers of a repeated step could not be made (test)")
         return real(hp, device)
 
     monkeypatch.setattr(cpu, "numbers", numbers)
     adafactor.kernels._warn_once.cache_clear()
     with pytest.warns(KernelBuildWarning, match="repeated step"):
-        kernels = _run("nothing", None)
+        kernels = _run("lr", None)
     assert kernels[2][CHANGE_AT - 1] is True  # the failure came on a repeated step
     _assert_close(eager, kernels)
+
+
+def test_the_kernels_numbers_are_made_once_per_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made again for a new ``lr`` (a new options object) or a Tensor ``lr`` (filled in place
+    since, perhaps), else kept: a hook steps one tensor at a time, and making them costs more
+    than a small tensor's step."""
+    use_step_path(monkeypatch, "cpu-kernels")
+    made: list[object] = []
+    real = cpu.numbers
+    monkeypatch.setattr(cpu, "numbers", lambda hp, device: made.append(hp.lr) or real(hp, device))
+    for lr, per_step in ((1e-3, False), (torch.tensor(1e-3), True)):
+        made.clear()
+        params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+        opt = Adafactor(params, lr=lr)
+        for k in range(4):
+            if k == 2 and not per_step:
+                opt.param_groups[0]["lr"] = 5e-4
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        assert len(made) == (4 if per_step else 2)
+        if per_step:  # the Tensor lr filled in place is read again
+            assert lr in made
 
 
 def test_a_sparse_gradient_on_a_repeated_step_is_refused_before_anything_changes(

@@ -125,6 +125,7 @@ class PlanCache:
         self._misaligned: list[int] = []  # those of them whose gradients were not aligned
         self._grad_column = torch.empty(0, dtype=torch.int64)  # the plan's, on the host
         self.held: list[Any] = []
+        self._numbers: tuple[Backend, Hyperparameters, Any] | None = None
 
     def plan_for(
         self,
@@ -174,6 +175,20 @@ class PlanCache:
             plan.descriptors.copy_(pinned, non_blocking=True)
             self.hold(pinned)
         return plan
+
+    def numbers(self, backend: Backend, hp: Hyperparameters, device: torch.device) -> Any:
+        """``backend.numbers(hp, device)``, made again only for another backend or options
+        object (a scheduler's new ``lr`` is one), or a Tensor ``lr``, which may have been
+        filled in place since: the kernels only read them, and making them costs more than a
+        small tensor's step (a hook steps one tensor at a time).
+
+        Raises:
+            KernelBuildError: as ``backend.numbers`` (nothing kept).
+        """
+        made = self._numbers
+        if made is None or made[0] is not backend or made[1] is not hp or isinstance(hp.lr, Tensor):
+            self._numbers = made = (backend, hp, backend.numbers(hp, device))
+        return made[2]
 
     def hold(self, host_buffer: Any) -> None:
         """Keep ``host_buffer`` (or what holds it: a backend's ``Numbers``) alive as long as
@@ -234,7 +249,7 @@ def kernel_sums(
     ``backend.numbers``), the tensors step eagerly under ``fused=None`` after one warning,
     and ``fused=True`` raises."""
     try:
-        numbers = backend.numbers(hp, plan.descriptors.device)
+        numbers = cache.numbers(backend, hp, plan.descriptors.device)
     except KernelBuildError as error:
         refuse(hp.fused, backend.DEVICE_TYPE, error)
         return _eager_sums(backend, plan, hp, steps, members)
