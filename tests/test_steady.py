@@ -297,14 +297,27 @@ def test_no_record_for_what_a_step_must_look_at(monkeypatch: pytest.MonkeyPatch)
     assert not opt._steady
 
 
-def test_replaced_state_is_not_kept_alive(monkeypatch: pytest.MonkeyPatch) -> None:
-    """State moved elsewhere between steps (offloaded to the host, say) is given back: the
-    optimizer's records watch the old tensors, they do not hold them."""
+def _clones(state: dict) -> dict:
+    return {key: value.clone() for key, value in state.items()}
+
+
+OFFLOADS = {
+    "tensors replaced": lambda opt: [state.update(_clones(state)) for state in opt.state.values()],
+    "dicts replaced": lambda opt: [
+        opt.state.__setitem__(p, _clones(s)) for p, s in list(opt.state.items())
+    ],
+    "state cleared": lambda opt: opt.state.clear(),
+}
+
+
+@pytest.mark.parametrize("offload", OFFLOADS)
+def test_replaced_state_is_not_kept_alive(offload: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """State moved elsewhere or cleared between steps (offloaded to the host, say) is given
+    back: the optimizer's records watch the old tensors and dicts, they do not hold them."""
     use_step_path(monkeypatch, "cpu-kernels")
     _, opt = _recorded()
     refs = [weakref.ref(v) for state in opt.state.values() for v in state.values()]
-    for state in opt.state.values():
-        state.update({key: value.clone() for key, value in state.items()})
+    OFFLOADS[offload](opt)
     gc.collect()
     assert all(ref() is None for ref in refs)
 

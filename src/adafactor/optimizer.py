@@ -55,7 +55,7 @@ from .state_dicts import (
     fits,
     normalized_state_dict,
 )
-from .steady import Steady, state_dicts
+from .steady import Steady
 from .step import Entry, FastPath, group_step, group_step_again
 
 _DOC = r"""Adafactor (Shazeer & Stern, ICML 2018), faithful to the paper by default.
@@ -161,7 +161,7 @@ class Adafactor(Optimizer):
         self.diagnostics: dict[Tensor, dict[str, Tensor]] = {}
         self._plans: dict[Any, PlanCache] = {}  # the group kernels' tables, per group
         self._steady: dict[Any, Steady] = {}  # per plan, what its last step found
-        self._state_dicts: list[int] = []  # steady.state_dicts after the last whole step
+        self._state_dicts: list[int] = []  # the ids of optimizer.state's dicts, last whole step
         self._validated: dict[int, _Options] = {}
         self._fitted: dict[int, tuple[Tensor, tuple[Any, ...], tuple[Any, ...]]] = {}
         self._accumulation_steps = accumulation_steps
@@ -397,7 +397,7 @@ class Adafactor(Optimizer):
                     self._record(p, result, group)
             self._remember(key, group, params, options, fast, distributed)
         if only is None and not torch.compiler.is_compiling():
-            self._state_dicts = state_dicts(self.state)
+            self._state_dicts = list(map(id, self.state.values()))
 
     def _step_again(self, only: list[Tensor] | None) -> bool:
         """Step as the last step did where every selected group's ``Steady`` record holds
@@ -412,6 +412,11 @@ class Adafactor(Optimizer):
             keys = [((g_index, p_index), g_index)]
         else:
             return False
+        held: list[Any] = []  # for a whole step, each parameter's state dict, in order
+        if only is None:
+            held = list(self.state.values())
+            if list(map(id, held)) != self._state_dicts:
+                return False
         ready = []
         for key, g_index in keys:
             steady = self._steady.get(key)
@@ -419,7 +424,11 @@ class Adafactor(Optimizer):
                 return False
             group = self.param_groups[g_index]
             options = self._options(g_index)
-            grads = steady.gradients(group["params"], options.fixed)
+            if steady.positions is None:  # a hook's record: one parameter
+                dicts = [self.state.get(p) for p in steady.params]
+            else:
+                dicts = list(map(held.__getitem__, steady.positions))
+            grads = steady.gradients(group["params"], options.fixed, dicts)
             if grads is None:
                 return False
             if steady.path is None:  # nothing held a gradient
@@ -428,13 +437,6 @@ class Adafactor(Optimizer):
             if backend_for(group["fused"], device) is not steady.path.backend:
                 return False
             ready.append((steady, grads, group, options))
-        # Each parameter's state in the dict recorded: one list for a whole step, one
-        # lookup for a single parameter's.
-        if only is None:
-            if state_dicts(self.state) != self._state_dicts:
-                return False
-        elif ready and self.state.get(only[0]) is not ready[0][0].dicts[0]:
-            return False
         plans = [steady.plan_with(grads) for steady, grads, _, _ in ready]
         if any(plan is None for plan in plans):
             return False
@@ -477,13 +479,17 @@ class Adafactor(Optimizer):
                 or not all(p.grad is not None and p.grad.is_contiguous() for p in params)
             ):
                 return
-        if isinstance(key, tuple):  # one parameter's, for its hook
-            idle = []
-        else:
+        dicts = [self.state[p] for p in params]
+        positions = None
+        idle = []
+        if not isinstance(key, tuple):  # a whole group's (a tuple: one parameter's, a hook's)
             stepped = set(map(id, params))
             idle = [p for p in group["params"] if id(p) not in stepped]
+            # New state is added at the end of optimizer.state: these places stay.
+            where = {id(d): i for i, d in enumerate(self.state.values())}
+            positions = [where[id(d)] for d in dicts]
         self._steady[key] = Steady(
-            group["params"], params, idle, fast if params else None, options.fixed, self.state
+            group["params"], params, idle, fast if params else None, options.fixed, dicts, positions
         )
 
     def _options(self, g_index: int) -> _Options:

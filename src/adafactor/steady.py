@@ -14,7 +14,7 @@ per-tensor entries, views, signatures or checks in Python beyond those lists.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from itertools import chain
 from operator import attrgetter
 from typing import Any
@@ -32,10 +32,12 @@ class Steady:
     """What a selection's last step through the kernels found, and its key: the group's list
     of parameters, those of the selection that stepped (each had a gradient) and those that
     had none (``idle``), the options and kernels; every stepped parameter's memory, its
-    gradient's dtype, shape and device (and that both are contiguous), its state's dict and
-    the tensors in it. The state tensors are watched, not held: one given back ends the record,
-    so that no other tensor can pass for it by taking its ``id``, and state moved elsewhere
-    (offloaded, say) is not kept alive here."""
+    gradient's dtype, shape and device (and that both are contiguous), and the tensors of its
+    state. The state is watched, not held (neither its dicts nor its tensors): a tensor given
+    back ends the record, so that no other can pass for it by taking its ``id``, and state
+    moved elsewhere or cleared (offloaded, say) is not kept alive here. ``positions`` says
+    where each parameter's dict is among ``optimizer.state``'s values, for a whole group's
+    record (Python hashes a tensor slowly: one list of every dict beats looking each up)."""
 
     def __init__(
         self,
@@ -44,14 +46,15 @@ class Steady:
         idle: list[Tensor],
         path: FastPath | None,
         fixed: tuple[int, ...],
-        states: Mapping[Tensor, dict[str, Any]],
+        dicts: Sequence[dict[str, Any]],
+        positions: list[int] | None,
     ) -> None:
         self.members, self.count = members, len(members)
         self.params, self.idle, self.path, self.fixed = params, idle, path, fixed
+        self.positions = positions
         self.layouts = list(map(_layout, map(_grad, params)))
         self.pointers = list(map(Tensor.data_ptr, params))
-        self.dicts = [states[p] for p in params]
-        values = _values(self.dicts)
+        values = _values(dicts)
         self.state_ids = list(map(id, values))
         live = self.live = [True]
 
@@ -60,11 +63,13 @@ class Steady:
 
         self._watch = [weakref.ref(v, ended) for v in values if isinstance(v, Tensor)]
 
-    def gradients(self, members: list[Tensor], fixed: tuple[int, ...]) -> list[Tensor] | None:
+    def gradients(
+        self, members: list[Tensor], fixed: tuple[int, ...], dicts: Sequence[Any]
+    ) -> list[Tensor] | None:
         """This step's gradients when nothing but their memory changed since the recorded
         step (``fixed``: the identities of the group's options but ``lr``, which a scheduler
-        writes every step), else ``None``; the caller has seen that each parameter's state is
-        still in the dict recorded. Reads, changes nothing."""
+        writes every step; ``dicts``: each stepped parameter's state now), else ``None``.
+        Reads, changes nothing."""
         if not (
             self.live[0]
             and members is self.members
@@ -74,13 +79,13 @@ class Steady:
         ):
             return None
         grads = list(map(_grad, self.params))
-        try:  # a parameter without a gradient, or a sparse one, raises here
+        try:  # a parameter without a gradient or state, or a sparse gradient, raises here
             same = (
                 list(map(_layout, grads)) == self.layouts
                 and all(map(Tensor.is_contiguous, grads))
                 and list(map(Tensor.data_ptr, self.params)) == self.pointers
                 and all(map(Tensor.is_contiguous, self.params))
-                and list(map(id, _values(self.dicts))) == self.state_ids
+                and list(map(id, _values(dicts))) == self.state_ids
             )
         except (AttributeError, TypeError, RuntimeError):
             return None
@@ -91,12 +96,6 @@ class Steady:
         alignment moved its tiles to another launch (the whole step builds it again)."""
         assert self.path is not None
         return self.path.cache.with_gradients(list(map(Tensor.data_ptr, grads)))
-
-
-def state_dicts(states: Mapping[Tensor, dict[str, Any]]) -> list[int]:
-    """Which dict holds each parameter's state, in order (Python hashes a tensor slowly: one
-    list of every parameter's, cheaper than looking each one up)."""
-    return list(map(id, states.values()))
 
 
 def _values(dicts: Sequence[dict[str, Any]]) -> list[Any]:
