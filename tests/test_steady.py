@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,6 +40,20 @@ def _kept_state_clone(params: list[torch.nn.Parameter], opt: Adafactor) -> None:
 _kept: list[torch.Tensor] = []
 
 
+def _state_memory_moved(params: list[torch.nn.Parameter], opt: Adafactor) -> None:
+    row = opt.state[params[0]]["exp_avg_sq_row"]
+    row.data = row.data.clone()  # the same tensor, its memory elsewhere (an offload's return)
+
+
+def _gradient_off_its_element(params: list[torch.nn.Parameter], opt: Adafactor) -> None:
+    """A gradient one byte past an element boundary: the kernels do not take it."""
+    g = params[1].grad
+    buffer = bytearray(g.numel() * 4 + 1)
+    odd = torch.frombuffer(buffer, dtype=torch.float32, offset=1, count=g.numel())
+    odd.copy_(g.view(-1))
+    params[1].grad = odd.view(g.shape)
+
+
 def _set(params, opt, key, value):
     opt.param_groups[0][key] = value
 
@@ -62,6 +77,8 @@ SCENARIOS: dict[str, tuple[Change, bool]] = {
         False,
     ),
     "state-replaced-kept": (_kept_state_clone, False),
+    "state-memory": (_state_memory_moved, False),
+    "gradient-off-its-element": (_gradient_off_its_element, False),
     "state-replaced": (
         lambda ps, opt: opt.state[ps[2]].__setitem__("step", opt.state[ps[2]]["step"].clone()),
         False,
@@ -358,3 +375,91 @@ def test_a_gradient_that_moves_off_its_alignment_moves_its_tiles(
     assert [a[0] for a in access] == [vector, vector, one, one, vector]
     for p, q in zip(ours, eager):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def _parameter_reshaped(params: list[torch.nn.Parameter], _: list[Any]) -> None:
+    params[0].data = params[0].data.view(29, 37)  # the same memory, another shape
+
+
+def _parameter_reinterpreted(params: list[torch.nn.Parameter], _: list[Any]) -> None:
+    params[0].data = params[0].data.view(torch.float16)  # the same memory, another dtype
+
+
+def _slot_replaced(params: list[torch.nn.Parameter], members: list[Any]) -> None:
+    members[0] = torch.nn.Parameter(torch.zeros_like(params[0]))  # no gradient: not stepped
+
+
+@pytest.mark.parametrize(
+    ("change", "dtype"),
+    [
+        (_parameter_reshaped, torch.float32),
+        (_parameter_reinterpreted, torch.bfloat16),
+        (_slot_replaced, torch.float32),
+    ],
+)
+def test_a_parameter_changed_under_the_same_pointer_is_seen(
+    change: Callable, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parameter viewed as another shape or dtype (its pointer unchanged), or another
+    tensor in its place in the group's list: the step does not repeat the last one, and does
+    what the whole step does (an error for the shape, which its gradient no longer has)."""
+    use_step_path(monkeypatch, "cpu-kernels")
+
+    def run(repeat: bool) -> tuple[list[torch.nn.Parameter], BaseException | None]:
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(dtype)) for s in SHAPES]
+        opt = Adafactor(params)
+        for k in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+            if k == 2:
+                change(params, opt.param_groups[0]["params"])
+                assert opt._step_again(None) is False
+                if not repeat:
+                    opt._steady.clear()
+            try:
+                opt.step()
+            except (ValueError, KeyError) as error:
+                return params, error
+        return params, None
+
+    (ours, error), (whole, whole_error) = run(True), run(False)
+    assert repr(error) == repr(whole_error)
+    assert (error is not None) == (change is _parameter_reshaped)
+    for p, q in zip(ours, whole):
+        assert torch.equal(p, q)
+
+
+def _pair(a: float, b: float) -> tuple[float, float]:
+    return (a, b)  # a new tuple each call, as a config loader makes
+
+
+def test_an_option_set_anew_is_read_even_where_its_id_is_an_old_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Options are checked again when one is another object than when last checked; the
+    object last checked is held, so that a new one (a tuple built at run time, say) cannot
+    take its ``id`` and pass for it."""
+    use_step_path(monkeypatch, "cpu-kernels")
+
+    def run(forget: bool) -> list[torch.nn.Parameter]:
+        params, opt = _recorded()
+        group = opt.param_groups[0]
+        group["eps"] = _pair(1e-30, 1e-3)
+        for k in range(3):
+            if k == 2:
+                group["eps"] = _pair(1e-20, 1e-1)
+                group["eps"] = _pair(1e-25, 10.0)  # may take the id the last one had
+                if forget:
+                    opt._validated.clear()
+                    opt._steady.clear()
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+        return params
+
+    torch.manual_seed(0)
+    remembered = run(False)
+    torch.manual_seed(0)
+    for p, q in zip(remembered, run(True)):
+        assert torch.equal(p, q)

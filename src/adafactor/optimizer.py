@@ -778,6 +778,8 @@ class _Options:
 
     def __init__(self, group: dict[str, Any], key: tuple[int, ...], hp: Hyperparameters):
         self.group, self.key, self.hp = group, key, hp
+        # Held, so that no later value can take one of their ids while this is the group's.
+        self.values = tuple(map(group.__getitem__, DEFAULTS))
         self.fixed = _without_lr(key)
         self._tensors: dict[tuple[torch.device, torch.dtype], Hyperparameters] = {}
 

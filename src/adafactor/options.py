@@ -629,10 +629,11 @@ def checked_lr(group: dict[str, Any], where: str) -> Any:
     Raises:
         ValueError: it is invalid (naming it, as ``validate_options`` would).
     """
-    group["lr"] = lr = _plain(group["lr"])
+    lr = _plain(group["lr"])
     reason = BY_NAME["lr"].check(lr)
     if reason is not None:
-        raise ValueError(f"{where}: lr={lr!r} is invalid: {reason}")
+        raise ValueError(f"{where}: lr={group['lr']!r} is invalid: {reason}")
+    group["lr"] = lr
     return lr
 
 

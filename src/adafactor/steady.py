@@ -30,14 +30,16 @@ _layout = attrgetter("dtype", "shape", "device")
 
 class Steady:
     """What a selection's last step through the kernels found, and its key: the group's list
-    of parameters, those of the selection that stepped (each had a gradient) and those that
-    had none (``idle``), the options and kernels; every stepped parameter's memory, its
-    gradient's dtype, shape and device (and that both are contiguous), and the tensors of its
-    state. The state is watched, not held (neither its dicts nor its tensors): a tensor given
-    back ends the record, so that no other can pass for it by taking its ``id``, and state
-    moved elsewhere or cleared (offloaded, say) is not kept alive here. ``positions`` says
-    where each parameter's dict is among ``optimizer.state``'s values, for a whole group's
-    record (Python hashes a tensor slowly: one list of every dict beats looking each up)."""
+    of parameters (each one), those of the selection that stepped (each had a gradient) and
+    those that had none (``idle``), the options and kernels; every stepped parameter's memory,
+    dtype, shape and device, its gradient's dtype, shape and device (and that both are
+    contiguous), and the tensors of its state and their memory (which can change under a
+    tensor: ``v.data = ...``). The state is watched, not held (neither its dicts nor its
+    tensors): a tensor given back ends the record, so that no other can pass for it by taking
+    its ``id``, and state moved elsewhere or cleared (offloaded, say) is not kept alive here.
+    ``positions`` says where each parameter's dict is among ``optimizer.state``'s values, for
+    a whole group's record (Python hashes a tensor slowly: one list of every dict beats
+    looking each one up)."""
 
     def __init__(
         self,
@@ -49,13 +51,15 @@ class Steady:
         dicts: Sequence[dict[str, Any]],
         positions: list[int] | None,
     ) -> None:
-        self.members, self.count = members, len(members)
+        self.members, self.member_ids = members, list(map(id, members))
         self.params, self.idle, self.path, self.fixed = params, idle, path, fixed
         self.positions = positions
         self.layouts = list(map(_layout, map(_grad, params)))
+        self.param_layouts = list(map(_layout, params))
         self.pointers = list(map(Tensor.data_ptr, params))
         values = _values(dicts)
         self.state_ids = list(map(id, values))
+        self.state_pointers = list(map(Tensor.data_ptr, values))
         live = self.live = [True]
 
         def ended(_: object) -> None:
@@ -73,19 +77,22 @@ class Steady:
         if not (
             self.live[0]
             and members is self.members
-            and len(members) == self.count
+            and list(map(id, members)) == self.member_ids
             and fixed == self.fixed
             and all(p.grad is None for p in self.idle)
         ):
             return None
-        grads = list(map(_grad, self.params))
+        params, grads = self.params, list(map(_grad, self.params))
         try:  # a parameter without a gradient or state, or a sparse gradient, raises here
+            values = _values(dicts)
             same = (
                 list(map(_layout, grads)) == self.layouts
                 and all(map(Tensor.is_contiguous, grads))
-                and list(map(Tensor.data_ptr, self.params)) == self.pointers
-                and all(map(Tensor.is_contiguous, self.params))
-                and list(map(id, _values(dicts))) == self.state_ids
+                and list(map(Tensor.data_ptr, params)) == self.pointers
+                and list(map(_layout, params)) == self.param_layouts
+                and all(map(Tensor.is_contiguous, params))
+                and list(map(id, values)) == self.state_ids
+                and list(map(Tensor.data_ptr, values)) == self.state_pointers
             )
         except (AttributeError, TypeError, RuntimeError):
             return None

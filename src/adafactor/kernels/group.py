@@ -98,6 +98,7 @@ def entries_signature(entries: Sequence[Any]) -> tuple[Any, ...]:
         param = e.param
         parts += (param.data_ptr(), param.device, param.is_contiguous(), param.dtype)
         parts += (e.dims, e.shape, e.dtype, e.grad.dtype, e.hp.rms_per_slice)
+        parts.append(e.grad.data_ptr() % e.grad.element_size() == 0)  # admitted if aligned
         parts += [v.data_ptr() for v in e.state.values()]
     return tuple(parts)
 
@@ -124,6 +125,7 @@ class PlanCache:
         self._vector: list[int] = []  # the tensors read by vectors but for their gradients
         self._misaligned: list[int] = []  # those of them whose gradients were not aligned
         self._grad_column = torch.empty(0, dtype=torch.int64)  # the plan's, on the host
+        self._grad_sizes: list[int] = []  # each gradient's element size
         self.held: list[Any] = []
         self._numbers: tuple[Backend, Hyperparameters, Any] | None = None
 
@@ -146,8 +148,10 @@ class PlanCache:
             plan = self.with_gradients(pointers)
             if plan is not None:
                 return plan
-        self.plan = build_plan(members(), geometry, device)
+        built = members()
+        self.plan = build_plan(built, geometry, device)
         self.signature, self.grads = signature, pointers
+        self._grad_sizes = [m.grad.element_size() for m in built]
         self._vector = [i for i, a in enumerate(self.plan.access) if a == Access.VECTOR]
         self._misaligned = [i for i in self._vector if self.plan.tensors_access[i] != Access.VECTOR]
         self._grad_column = self.plan.host_descriptors[:, Field.GRAD]
@@ -164,6 +168,8 @@ class PlanCache:
             return plan
         # Mostly every gradient is aligned, as every one was: one pass over the pointers.
         if functools.reduce(operator.or_, pointers) % VECTOR_BYTES or self._misaligned:
+            if any(p % size for p, size in zip(pointers, self._grad_sizes)):
+                return None  # not even to its element: admitted again, by the whole step
             misaligned = [i for i in self._vector if pointers[i] % VECTOR_BYTES]
             if misaligned != self._misaligned:
                 return None
