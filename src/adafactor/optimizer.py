@@ -488,8 +488,16 @@ class Adafactor(Optimizer):
             # New state is added at the end of optimizer.state: these places stay.
             where = {id(d): i for i, d in enumerate(self.state.values())}
             positions = [where[id(d)] for d in dicts]
+        slot = key[1] if isinstance(key, tuple) else None
         self._steady[key] = Steady(
-            group["params"], params, idle, fast if params else None, options.fixed, dicts, positions
+            group["params"],
+            params,
+            idle,
+            fast if params else None,
+            options.fixed,
+            dicts,
+            positions,
+            slot,
         )
 
     def _options(self, g_index: int) -> _Options:

@@ -39,7 +39,8 @@ class Steady:
     its ``id``, and state moved elsewhere or cleared (offloaded, say) is not kept alive here.
     ``positions`` says where each parameter's dict is among ``optimizer.state``'s values, for
     a whole group's record (Python hashes a tensor slowly: one list of every dict beats
-    looking each one up)."""
+    looking each one up); a hook's record is its parameter's, at ``slot`` in the group's list
+    (the rest of the list is not its business: a hook must not cost the group's size)."""
 
     def __init__(
         self,
@@ -50,8 +51,10 @@ class Steady:
         fixed: tuple[int, ...],
         dicts: Sequence[dict[str, Any]],
         positions: list[int] | None,
+        slot: int | None = None,
     ) -> None:
-        self.members, self.member_ids = members, list(map(id, members))
+        self.members, self.slot = members, slot
+        self.member_ids = list(map(id, members)) if slot is None else []
         self.params, self.idle, self.path, self.fixed = params, idle, path, fixed
         self.positions = positions
         self.layouts = list(map(_layout, map(_grad, params)))
@@ -77,7 +80,11 @@ class Steady:
         if not (
             self.live[0]
             and members is self.members
-            and list(map(id, members)) == self.member_ids
+            and (
+                list(map(id, members)) == self.member_ids
+                if self.slot is None
+                else len(members) > self.slot and members[self.slot] is self.params[0]
+            )
             and fixed == self.fixed
             and all(p.grad is None for p in self.idle)
         ):
