@@ -214,3 +214,23 @@ def step_without_host_sync(opt: torch.optim.Optimizer) -> None:
         opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def fresh_entry(shape: tuple[int, ...], hp: Any, gen: torch.Generator, scale: float = 1.0) -> Any:
+    """A ``step.Entry`` of a random parameter of ``shape`` and its gradient (times ``scale``),
+    with fresh state: its last two dims factored, momentum where ``hp`` has a ``beta1``."""
+    from adafactor.factoring import state_layout
+    from adafactor.step import Entry
+
+    dims = (len(shape) - 2, len(shape) - 1) if len(shape) >= 2 else None
+    layout = state_layout(
+        shape,
+        torch.float32,
+        factored=dims is not None,
+        factor_dims="last",
+        min_dim_size_to_factor=1,
+        momentum=hp.beta1 is not None,
+    )
+    state = {k: torch.zeros(s.shape, dtype=s.dtype) for k, s in layout.items()}
+    p, g = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen) * scale
+    return Entry(p, g, state, hp.as_tensors(p.device, p.dtype), dims, shape, p, p.dtype)

@@ -159,35 +159,17 @@ def test_a_kernel_failing_at_its_first_launch_steps_phase_by_phase_eagerly(faili
     # Pieces of tensors split across processes step phase by phase, their partial sums
     # completed between phases: the eager fallback hands on the same sums (here in one
     # process, where completing them changes nothing).
-    from adafactor.factoring import state_layout
     from adafactor.kernels import KernelBuildWarning
     from adafactor.kernels.group import PlanCache
     from adafactor.options import DEFAULTS, Hyperparameters
-    from adafactor.step import Entry, FastPath, group_step
-    from helpers import interpreted_triton_backend
+    from adafactor.step import FastPath, group_step
+    from helpers import fresh_entry, interpreted_triton_backend
 
     hp = Hyperparameters(**{**DEFAULTS, "beta1": 0.9, "weight_decay": 0.01})
 
     def entries(seed):
         gen = torch.Generator().manual_seed(seed)
-        out = []
-        for shape in [(12, 10), (7,), (3, 4, 5)]:
-            dims = (1, 2) if len(shape) == 3 else (0, 1) if len(shape) == 2 else None
-            layout = state_layout(
-                shape,
-                torch.float32,
-                factored=dims is not None,
-                factor_dims="last",
-                min_dim_size_to_factor=1,
-                momentum=True,
-            )
-            state = {k: torch.zeros(s.shape, dtype=s.dtype) for k, s in layout.items()}
-            p = torch.randn(shape, generator=gen)
-            g = torch.randn(shape, generator=gen)
-            out.append(
-                Entry(p, g, state, hp.as_tensors(p.device, p.dtype), dims, shape, p, p.dtype)
-            )
-        return out
+        return [fresh_entry(shape, hp, gen) for shape in [(12, 10), (7,), (3, 4, 5)]]
 
     eager, phased = entries(1), entries(1)
     sums_seen = []

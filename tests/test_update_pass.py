@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from adafactor import Adafactor
-from adafactor.factoring import state_layout
 from adafactor.kernels.group import PlanCache
 from adafactor.options import DEFAULTS, Hyperparameters
-from adafactor.step import Entry, FastPath, group_step
-from helpers import interpreted_triton_backend, triton_interpreted, use_step_path
+from adafactor.step import FastPath, group_step
+from helpers import fresh_entry, interpreted_triton_backend, triton_interpreted, use_step_path
 
 PATHS = [
     "cpu-kernels",
@@ -38,22 +37,7 @@ def _entries(options, seed=0, scale=1.0):
     """``step.Entry``s of parameters of ``SHAPES`` with fresh state (the last one full)."""
     hp = Hyperparameters(**{**DEFAULTS, **options})
     gen = torch.Generator().manual_seed(seed)
-    entries = []
-    for shape in SHAPES:
-        dims = (len(shape) - 2, len(shape) - 1) if len(shape) >= 2 else None
-        layout = state_layout(
-            shape,
-            torch.float32,
-            factored=dims is not None,
-            factor_dims="last",
-            min_dim_size_to_factor=1,
-            momentum=hp.beta1 is not None,
-        )
-        state = {k: torch.zeros(s.shape, dtype=s.dtype) for k, s in layout.items()}
-        p, g = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen) * scale
-        entries.append(
-            Entry(p, g, state, hp.as_tensors(p.device, p.dtype), dims, shape, p, p.dtype)
-        )
+    entries = [fresh_entry(shape, hp, gen, scale) for shape in SHAPES]
     return hp, entries
 
 
